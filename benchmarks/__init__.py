@@ -1,0 +1,1 @@
+"""Performance benchmarks, run on demand: ``python -m benchmarks.<name>``."""

@@ -1,0 +1,1 @@
+"""The core: domain model, local store, image store, services. Never imports Qt."""

@@ -1,0 +1,65 @@
+"""Append-only, hash-chained audit trail.
+
+Each event's hash covers its own fields and the previous event's hash, so a
+deleted or edited row breaks the chain (:func:`verify_chain`). Details hold ids
+and field names only — never names, birth dates, messages or image bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from derm_workstation.core.models import AuditEvent, utcnow
+from derm_workstation.core.users import Actor
+
+GENESIS = "0" * 64
+
+
+def _digest(prev: str, at: datetime, actor: str, action: str, etype: str, eid: str | None,
+            detail: dict[str, Any]) -> str:
+    payload = json.dumps(
+        [prev, at.isoformat(), actor, action, etype, eid, detail],
+        sort_keys=True,
+        separators=(",", ":"),
+        default=str,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def record(session: Session, actor: Actor, action: str, entity_type: str,
+           entity_id: str | None, detail: dict[str, Any] | None = None) -> AuditEvent:
+    """Append an event in the caller's transaction."""
+    prev = session.scalar(select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1))
+    at = utcnow().replace(microsecond=0)
+    det = dict(detail or {})
+    ev = AuditEvent(
+        at=at,
+        actor=actor.username,
+        action=action,
+        entity_type=entity_type,
+        entity_id=entity_id,
+        detail=det,
+        prev_hash=prev or GENESIS,
+        hash=_digest(prev or GENESIS, at, actor.username, action, entity_type, entity_id, det),
+    )
+    session.add(ev)
+    session.flush()
+    return ev
+
+
+def verify_chain(session: Session) -> int | None:
+    """Return the id of the first broken event, or None when the chain is intact."""
+    prev = GENESIS
+    for ev in session.scalars(select(AuditEvent).order_by(AuditEvent.id)):
+        expected = _digest(prev, ev.at, ev.actor, ev.action, ev.entity_type, ev.entity_id,
+                           ev.detail)
+        if ev.prev_hash != prev or ev.hash != expected:
+            return ev.id
+        prev = ev.hash
+    return None

@@ -1,0 +1,249 @@
+"""Writing new cases into the local store.
+
+Used by the demo seeder now and by portal sync later: one place that keeps the
+derived columns (photo count, search text) and the audit trail right. Inputs
+are duck-typed (``QuestionLike``, ``AnswerLike``) so any source that has the
+same fields — demo data, FHIR mapping — can be passed as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date, datetime
+from typing import Protocol
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from derm_workstation.core import audit
+from derm_workstation.core.errors import InputError
+from derm_workstation.core.imagestore import ImageStore
+from derm_workstation.core.models import (
+    CASE_STATUSES,
+    MESSAGE_DIRECTIONS,
+    PRIORITY_RANK,
+    SEXES,
+    Case,
+    Message,
+    Patient,
+    Photo,
+    QuestionnaireAnswer,
+    QuestionnaireItem,
+    QuestionnaireResponse,
+)
+from derm_workstation.core.users import Actor
+from derm_workstation.imaging.probe import probe_bytes
+
+
+class AnswerLike(Protocol):
+    @property
+    def type(self) -> str: ...
+    @property
+    def value(self) -> str | bool | int | float | date: ...
+    @property
+    def system(self) -> str | None: ...
+    @property
+    def code(self) -> str | None: ...
+
+
+class QuestionLike(Protocol):
+    @property
+    def link_id(self) -> str: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def answers(self) -> Sequence[AnswerLike]: ...
+    @property
+    def items(self) -> Sequence[QuestionLike]: ...
+
+
+def upsert_patient(
+    s: Session,
+    *,
+    identifier: str | None,
+    family_name: str,
+    given_name: str,
+    birth_date: date | None,
+    sex: str,
+    portal_id: str | None = None,
+) -> Patient:
+    """Find the patient by portal id (or identifier), else create it; update demographics."""
+    patient = None
+    if portal_id:
+        patient = s.scalar(select(Patient).where(Patient.portal_id == portal_id))
+    if patient is None and identifier:
+        patient = s.scalar(select(Patient).where(Patient.identifier == identifier))
+    if patient is None:
+        patient = Patient(portal_id=portal_id)
+        s.add(patient)
+    patient.identifier = identifier
+    patient.family_name = family_name
+    patient.given_name = given_name
+    patient.birth_date = birth_date
+    patient.sex = sex if sex in SEXES else "unknown"
+    for case in patient.cases:  # names are part of each case's search text
+        case.refresh_search_text()
+    s.flush()
+    return patient
+
+
+def add_case(
+    s: Session,
+    actor: Actor,
+    patient: Patient,
+    *,
+    status: str,
+    priority: str,
+    chief_complaint: str,
+    body_site: str,
+    description: str,
+    submitted_at: datetime,
+    updated_at: datetime | None = None,
+    case_number: str | None = None,
+    portal_task_id: str | None = None,
+    portal_task_version: str | None = None,
+    portal_service_request_id: str | None = None,
+    incomplete_reason: str | None = None,
+) -> Case:
+    actor.require("case.edit")
+    if status not in CASE_STATUSES:
+        raise InputError(f"Unknown case status '{status}'.")
+    if priority not in PRIORITY_RANK:
+        raise InputError(f"Unknown priority '{priority}'.")
+    case = Case(
+        patient=patient,
+        status=status,
+        priority=priority,
+        priority_rank=PRIORITY_RANK[priority],
+        chief_complaint=chief_complaint,
+        body_site=body_site,
+        description=description,
+        submitted_at=submitted_at,
+        updated_at=updated_at or submitted_at,
+        case_number=case_number,
+        portal_task_id=portal_task_id,
+        portal_task_version=portal_task_version,
+        portal_service_request_id=portal_service_request_id,
+        incomplete_reason=incomplete_reason,
+        photo_count=0,
+    )
+    case.refresh_search_text()
+    s.add(case)
+    s.flush()
+    audit.record(s, actor, "case.create", "case", case.id)
+    return case
+
+
+def add_photo(
+    s: Session,
+    images: ImageStore,
+    case: Case,
+    data: bytes,
+    *,
+    body_site: str = "",
+    title: str = "",
+    taken_at: datetime | None = None,
+    source: str = "portal",
+    portal_media_id: str | None = None,
+) -> Photo:
+    """Store the bytes (content-addressed) and the photo's metadata; bumps the case count."""
+    facts = probe_bytes(data)
+    sha = images.put_bytes(data)
+    photo = Photo(
+        case=case,
+        position=case.photo_count,
+        sha256=sha,
+        content_type=facts.content_type,
+        byte_size=len(data),
+        width=facts.width,
+        height=facts.height,
+        body_site=body_site,
+        title=title,
+        taken_at=taken_at,
+        source=source,
+        portal_media_id=portal_media_id,
+    )
+    s.add(photo)
+    case.photo_count += 1
+    s.flush()
+    return photo
+
+
+def _answer(a: AnswerLike, position: int) -> QuestionnaireAnswer:
+    ans = QuestionnaireAnswer(position=position, value_type=a.type)
+    v = a.value
+    if a.type == "boolean":
+        ans.value_boolean = bool(v)
+    elif a.type == "integer" and isinstance(v, int):
+        ans.value_integer = v
+    elif a.type == "decimal" and isinstance(v, int | float):
+        ans.value_decimal = float(v)
+    elif a.type == "date" and isinstance(v, date):
+        ans.value_date = v
+    elif a.type == "coding":
+        ans.value_string = str(v)
+        ans.value_system = a.system
+        ans.value_code = a.code
+    else:
+        ans.value_type = "string"
+        ans.value_string = str(v)
+    return ans
+
+
+def add_questionnaire(
+    s: Session,
+    case: Case,
+    questions: Sequence[QuestionLike],
+    *,
+    title: str = "Intake questionnaire",
+    authored_at: datetime | None = None,
+    portal_id: str | None = None,
+) -> QuestionnaireResponse:
+    """Store a questionnaire response with nested items, keeping their order."""
+    qr = QuestionnaireResponse(case=case, title=title, authored_at=authored_at,
+                               portal_id=portal_id)
+    s.add(qr)
+    s.flush()
+
+    def add_items(items: Sequence[QuestionLike], parent: QuestionnaireItem | None) -> None:
+        for pos, q in enumerate(items):
+            item = QuestionnaireItem(
+                response_id=qr.id,
+                parent_id=parent.id if parent else None,
+                position=pos,
+                link_id=q.link_id,
+                text=q.text,
+            )
+            item.answers = [_answer(a, i) for i, a in enumerate(q.answers)]
+            s.add(item)
+            s.flush()
+            add_items(q.items, item)
+
+    add_items(questions, None)
+    return qr
+
+
+def add_message(
+    s: Session,
+    case: Case,
+    *,
+    direction: str,
+    text: str,
+    sent_at: datetime,
+    delivery_state: str | None = None,
+    portal_id: str | None = None,
+    sender: str | None = None,
+) -> Message:
+    if direction not in MESSAGE_DIRECTIONS:
+        raise InputError(f"Unknown message direction '{direction}'.")
+    msg = Message(
+        case=case,
+        direction=direction,
+        text=text,
+        sent_at=sent_at,
+        delivery_state=delivery_state or ("received" if direction == "inbound" else "sent"),
+        portal_id=portal_id,
+        sender=sender,
+    )
+    s.add(msg)
+    return msg

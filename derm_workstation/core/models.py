@@ -1,0 +1,365 @@
+"""The domain model as SQLAlchemy 2 ORM classes.
+
+Local ids are UUID strings; portal (FHIR) ids are stored beside them. Times are
+stored as UTC and always returned timezone-aware. SQL is kept portable between
+SQLite and PostgreSQL (no dialect-specific types).
+
+Two columns are derived and maintained by the services that write cases, because
+the queue must sort and search 100,000 cases in SQL in well under 50 ms:
+``Case.photo_count`` and ``Case.search_text``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+#: FHIR Task.status values (PORTAL_CONTRACT.md), in workflow order.
+CASE_STATUSES: tuple[str, ...] = (
+    "requested",
+    "received",
+    "accepted",
+    "in-progress",
+    "on-hold",
+    "completed",
+    "cancelled",
+)
+OPEN_STATUSES: tuple[str, ...] = CASE_STATUSES[:5]
+STATUS_LABELS: dict[str, str] = {
+    "requested": "New",
+    "received": "Received",
+    "accepted": "Accepted",
+    "in-progress": "In progress",
+    "on-hold": "Awaiting patient",
+    "completed": "Completed",
+    "cancelled": "Cancelled",
+}
+#: FHIR request priorities, most urgent first; the rank sorts them in SQL.
+PRIORITY_RANK: dict[str, int] = {"stat": 0, "asap": 1, "urgent": 2, "routine": 3}
+PRIORITY_LABELS: dict[str, str] = {
+    "stat": "STAT",
+    "asap": "ASAP",
+    "urgent": "Urgent",
+    "routine": "Routine",
+}
+SEXES: tuple[str, ...] = ("female", "male", "other", "unknown")
+MESSAGE_DIRECTIONS: tuple[str, ...] = ("inbound", "outbound")
+DELIVERY_STATES: tuple[str, ...] = ("received", "draft", "queued", "sent", "failed")
+PHOTO_SOURCES: tuple[str, ...] = ("portal", "import", "demo")
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored as naive UTC and returned timezone-aware (UTC).
+
+    Portable: SQLite has no time zones, and PostgreSQL ``timestamp`` keeps the
+    value as given. Naive datetimes are rejected to avoid silent local-time bugs.
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; use timezone-aware UTC datetimes")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Patient(Base):
+    __tablename__ = "patients"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    portal_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    identifier: Mapped[str | None] = mapped_column(String(64))
+    family_name: Mapped[str] = mapped_column(String(200), default="")
+    given_name: Mapped[str] = mapped_column(String(200), default="")
+    birth_date: Mapped[date | None] = mapped_column(Date, index=True)
+    sex: Mapped[str] = mapped_column(String(16), default="unknown")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    cases: Mapped[list[Case]] = relationship(back_populates="patient", passive_deletes="all")
+
+    __table_args__ = (
+        Index("ix_patients_family_given", "family_name", "given_name"),
+        Index("ix_patients_sex_name", "sex", "family_name", "given_name"),
+    )
+
+    @property
+    def display_name(self) -> str:
+        if self.family_name and self.given_name:
+            return f"{self.family_name}, {self.given_name}"
+        return self.family_name or self.given_name or "(no name)"
+
+
+class Case(Base):
+    """One submitted consult: a FHIR Task with its ServiceRequest."""
+
+    __tablename__ = "cases"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    portal_task_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    portal_task_version: Mapped[str | None] = mapped_column(String(64))
+    portal_service_request_id: Mapped[str | None] = mapped_column(String(64))
+    case_number: Mapped[str | None] = mapped_column(String(64))
+    patient_id: Mapped[str] = mapped_column(
+        ForeignKey("patients.id", ondelete="RESTRICT"), index=True
+    )
+    status: Mapped[str] = mapped_column(String(16), default="requested")
+    priority: Mapped[str] = mapped_column(String(16), default="routine")
+    priority_rank: Mapped[int] = mapped_column(Integer, default=3)
+    chief_complaint: Mapped[str] = mapped_column(String(500), default="")
+    body_site: Mapped[str] = mapped_column(String(200), default="")
+    body_site_code: Mapped[str | None] = mapped_column(String(32))
+    description: Mapped[str] = mapped_column(Text, default="")
+    submitted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    assignee: Mapped[str | None] = mapped_column(String(200))
+    #: Set when the portal sent a case whose required parts were missing or malformed.
+    incomplete_reason: Mapped[str | None] = mapped_column(Text)
+    photo_count: Mapped[int] = mapped_column(Integer, default=0)
+    #: Lower-cased patient name, case number, complaint and body site for queue search.
+    search_text: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    patient: Mapped[Patient] = relationship(back_populates="cases")
+    photos: Mapped[list[Photo]] = relationship(
+        back_populates="case", order_by="Photo.position", cascade="all, delete-orphan"
+    )
+    questionnaires: Mapped[list[QuestionnaireResponse]] = relationship(
+        back_populates="case", cascade="all, delete-orphan"
+    )
+    messages: Mapped[list[Message]] = relationship(
+        back_populates="case", order_by="Message.sent_at", cascade="all, delete-orphan"
+    )
+
+    # One index per queue sort key, ending in the tie-breakers (submitted_at, id), so a
+    # sorted first page is an index walk that stops after one page.
+    __table_args__ = (
+        Index("ix_cases_queue_priority", "priority_rank", "submitted_at", "id"),
+        Index("ix_cases_queue_submitted", "submitted_at", "id"),
+        Index("ix_cases_queue_status", "status", "submitted_at", "id"),
+        Index("ix_cases_queue_complaint", "chief_complaint", "submitted_at", "id"),
+        Index("ix_cases_queue_body_site", "body_site", "submitted_at", "id"),
+        Index("ix_cases_queue_photos", "photo_count", "submitted_at", "id"),
+        Index("ix_cases_queue_case_number", "case_number", "submitted_at", "id"),
+        # Covering index for search: a substring match scans this, not the table.
+        Index("ix_cases_queue_search", "status", "priority_rank", "search_text", "id"),
+    )
+
+    def refresh_search_text(self) -> None:
+        p = self.patient
+        parts = [
+            p.family_name if p else "",
+            p.given_name if p else "",
+            p.identifier if p and p.identifier else "",
+            self.case_number or "",
+            self.chief_complaint,
+            self.body_site,
+        ]
+        self.search_text = " ".join(x.strip() for x in parts if x).lower()
+
+
+class Photo(Base):
+    __tablename__ = "photos"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    case_id: Mapped[str] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    content_type: Mapped[str] = mapped_column(String(64))
+    byte_size: Mapped[int] = mapped_column(Integer)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    body_site: Mapped[str] = mapped_column(String(200), default="")
+    title: Mapped[str] = mapped_column(String(200), default="")
+    taken_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: Pixels per millimetre once calibrated; NULL means "uncalibrated".
+    calibration_px_per_mm: Mapped[float | None] = mapped_column(Float)
+    calibration_method: Mapped[str | None] = mapped_column(String(32))
+    source: Mapped[str] = mapped_column(String(16), default="portal")
+    portal_media_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    case: Mapped[Case] = relationship(back_populates="photos")
+
+
+class QuestionnaireResponse(Base):
+    __tablename__ = "questionnaire_responses"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    case_id: Mapped[str] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
+    portal_id: Mapped[str | None] = mapped_column(String(64))
+    title: Mapped[str] = mapped_column(String(200), default="")
+    authored_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    case: Mapped[Case] = relationship(back_populates="questionnaires")
+    items: Mapped[list[QuestionnaireItem]] = relationship(
+        back_populates="response",
+        order_by="QuestionnaireItem.position",
+        cascade="all, delete-orphan",
+    )
+
+
+class QuestionnaireItem(Base):
+    """One question or group; nested through ``parent_id``, ordered by ``position``."""
+
+    __tablename__ = "questionnaire_items"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    response_id: Mapped[str] = mapped_column(
+        ForeignKey("questionnaire_responses.id", ondelete="CASCADE"), index=True
+    )
+    parent_id: Mapped[str | None] = mapped_column(
+        ForeignKey("questionnaire_items.id", ondelete="CASCADE"), index=True
+    )
+    position: Mapped[int] = mapped_column(Integer)
+    link_id: Mapped[str] = mapped_column(String(200))
+    text: Mapped[str] = mapped_column(Text, default="")
+
+    response: Mapped[QuestionnaireResponse] = relationship(back_populates="items")
+    children: Mapped[list[QuestionnaireItem]] = relationship(
+        cascade="all, delete-orphan", order_by="QuestionnaireItem.position"
+    )
+    answers: Mapped[list[QuestionnaireAnswer]] = relationship(
+        back_populates="item",
+        order_by="QuestionnaireAnswer.position",
+        cascade="all, delete-orphan",
+    )
+
+
+class QuestionnaireAnswer(Base):
+    """One typed answer (FHIR answer[].value[x]); exactly one value column is set."""
+
+    __tablename__ = "questionnaire_answers"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    item_id: Mapped[str] = mapped_column(
+        ForeignKey("questionnaire_items.id", ondelete="CASCADE"), index=True
+    )
+    position: Mapped[int] = mapped_column(Integer)
+    value_type: Mapped[str] = mapped_column(String(16))
+    value_string: Mapped[str | None] = mapped_column(Text)
+    value_boolean: Mapped[bool | None] = mapped_column(Boolean)
+    value_integer: Mapped[int | None] = mapped_column(Integer)
+    value_decimal: Mapped[float | None] = mapped_column(Float)
+    value_date: Mapped[date | None] = mapped_column(Date)
+    value_system: Mapped[str | None] = mapped_column(String(200))
+    value_code: Mapped[str | None] = mapped_column(String(100))
+
+    item: Mapped[QuestionnaireItem] = relationship(back_populates="answers")
+
+    @property
+    def value(self) -> Any:
+        return {
+            "string": self.value_string,
+            "boolean": self.value_boolean,
+            "integer": self.value_integer,
+            "decimal": self.value_decimal,
+            "date": self.value_date,
+            "coding": self.value_string,
+        }.get(self.value_type, self.value_string)
+
+    @property
+    def display(self) -> str:
+        v = self.value
+        if isinstance(v, bool):
+            return "Yes" if v else "No"
+        if isinstance(v, date):
+            return v.isoformat()
+        return "" if v is None else str(v)
+
+
+class Message(Base):
+    __tablename__ = "messages"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    case_id: Mapped[str] = mapped_column(ForeignKey("cases.id", ondelete="CASCADE"), index=True)
+    portal_id: Mapped[str | None] = mapped_column(String(64))
+    direction: Mapped[str] = mapped_column(String(16))
+    text: Mapped[str] = mapped_column(Text)
+    sent_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    delivery_state: Mapped[str] = mapped_column(String(16), default="received")
+    sender: Mapped[str | None] = mapped_column(String(200))
+
+    case: Mapped[Case] = relationship(back_populates="messages")
+
+
+class AuditEvent(Base):
+    """Append-only audit trail; each row carries the hash of the previous one.
+
+    ``detail`` holds ids and field names only, never names, dates of birth,
+    message text or image bytes.
+    """
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(64))
+    entity_type: Mapped[str] = mapped_column(String(32))
+    entity_id: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+__all__ = [
+    "CASE_STATUSES",
+    "OPEN_STATUSES",
+    "PRIORITY_RANK",
+    "AuditEvent",
+    "Base",
+    "Case",
+    "Message",
+    "Patient",
+    "Photo",
+    "QuestionnaireAnswer",
+    "QuestionnaireItem",
+    "QuestionnaireResponse",
+]

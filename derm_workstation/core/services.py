@@ -1,0 +1,353 @@
+"""Use cases. Every clinician action is a call here: permission check, change, audit.
+
+The GUI and the CLI call these services and never touch the database directly.
+Results are plain frozen dataclasses, detached from any database session, so
+they can cross threads safely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
+
+from derm_workstation.core import audit, queue
+from derm_workstation.core.errors import NotFoundError
+from derm_workstation.core.models import (
+    PRIORITY_LABELS,
+    STATUS_LABELS,
+    Case,
+    Patient,
+    Photo,
+    QuestionnaireItem,
+    QuestionnaireResponse,
+)
+from derm_workstation.core.users import Actor
+from derm_workstation.core.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class PatientView:
+    id: str
+    name: str
+    identifier: str | None
+    birth_date: date | None
+    age_years: int | None
+    sex: str
+    portal_id: str | None
+
+
+@dataclass(frozen=True)
+class PhotoView:
+    id: str
+    sha256: str
+    content_type: str
+    byte_size: int
+    width: int
+    height: int
+    body_site: str
+    title: str
+    taken_at: datetime | None
+    calibration_px_per_mm: float | None
+    source: str
+    portal_media_id: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "sha256": self.sha256,
+            "content_type": self.content_type,
+            "byte_size": self.byte_size,
+            "width": self.width,
+            "height": self.height,
+            "body_site": self.body_site,
+            "title": self.title,
+            "taken_at": self.taken_at.isoformat() if self.taken_at else None,
+            "calibration_px_per_mm": self.calibration_px_per_mm,
+            "source": self.source,
+            "portal_media_id": self.portal_media_id,
+        }
+
+
+@dataclass(frozen=True)
+class QuestionView:
+    link_id: str
+    text: str
+    answers: tuple[str, ...]
+    items: tuple[QuestionView, ...] = ()
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "link_id": self.link_id,
+            "text": self.text,
+            "answers": list(self.answers),
+            "items": [i.as_json() for i in self.items],
+        }
+
+
+@dataclass(frozen=True)
+class MessageView:
+    id: str
+    direction: str
+    text: str
+    sent_at: datetime
+    delivery_state: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "direction": self.direction,
+            "text": self.text,
+            "sent_at": self.sent_at.isoformat(),
+            "delivery_state": self.delivery_state,
+        }
+
+
+@dataclass(frozen=True)
+class EarlierCaseView:
+    id: str
+    submitted_at: datetime
+    status: str
+    chief_complaint: str
+    body_site: str
+    photo_count: int
+
+
+@dataclass(frozen=True)
+class CaseDetail:
+    id: str
+    case_number: str | None
+    status: str
+    priority: str
+    chief_complaint: str
+    body_site: str
+    description: str
+    submitted_at: datetime
+    updated_at: datetime
+    assignee: str | None
+    incomplete_reason: str | None
+    portal_task_id: str | None
+    portal_task_version: str | None
+    portal_service_request_id: str | None
+    patient: PatientView
+    photos: tuple[PhotoView, ...]
+    questionnaire: tuple[QuestionView, ...]
+    messages: tuple[MessageView, ...]
+    earlier_cases: tuple[EarlierCaseView, ...] = field(default=())
+
+    @property
+    def status_label(self) -> str:
+        return STATUS_LABELS.get(self.status, self.status)
+
+    @property
+    def priority_label(self) -> str:
+        return PRIORITY_LABELS.get(self.priority, self.priority)
+
+    def as_json(self) -> dict[str, Any]:
+        p = self.patient
+        return {
+            "id": self.id,
+            "case_number": self.case_number,
+            "status": self.status,
+            "priority": self.priority,
+            "chief_complaint": self.chief_complaint,
+            "body_site": self.body_site,
+            "description": self.description,
+            "submitted_at": self.submitted_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+            "assignee": self.assignee,
+            "incomplete_reason": self.incomplete_reason,
+            "portal": {
+                "task_id": self.portal_task_id,
+                "task_version": self.portal_task_version,
+                "service_request_id": self.portal_service_request_id,
+                "patient_id": p.portal_id,
+            },
+            "patient": {
+                "id": p.id,
+                "name": p.name,
+                "identifier": p.identifier,
+                "birth_date": p.birth_date.isoformat() if p.birth_date else None,
+                "age_years": p.age_years,
+                "sex": p.sex,
+            },
+            "questionnaire": [q.as_json() for q in self.questionnaire],
+            "messages": [m.as_json() for m in self.messages],
+            "photos": [ph.as_json() for ph in self.photos],
+            "earlier_cases": [
+                {
+                    "id": e.id,
+                    "submitted_at": e.submitted_at.isoformat(),
+                    "status": e.status,
+                    "chief_complaint": e.chief_complaint,
+                    "body_site": e.body_site,
+                    "photo_count": e.photo_count,
+                }
+                for e in self.earlier_cases
+            ],
+        }
+
+
+def _photo_view(ph: Photo) -> PhotoView:
+    return PhotoView(
+        id=ph.id,
+        sha256=ph.sha256,
+        content_type=ph.content_type,
+        byte_size=ph.byte_size,
+        width=ph.width,
+        height=ph.height,
+        body_site=ph.body_site,
+        title=ph.title,
+        taken_at=ph.taken_at,
+        calibration_px_per_mm=ph.calibration_px_per_mm,
+        source=ph.source,
+        portal_media_id=ph.portal_media_id,
+    )
+
+
+def _question_tree(items: Sequence[QuestionnaireItem]) -> tuple[QuestionView, ...]:
+    children: dict[str | None, list[QuestionnaireItem]] = {}
+    for it in items:
+        children.setdefault(it.parent_id, []).append(it)
+
+    def build(parent: str | None) -> tuple[QuestionView, ...]:
+        return tuple(
+            QuestionView(
+                link_id=it.link_id,
+                text=it.text,
+                answers=tuple(a.display for a in it.answers),
+                items=build(it.id),
+            )
+            for it in sorted(children.get(parent, []), key=lambda i: i.position)
+        )
+
+    return build(None)
+
+
+class CaseService:
+    """Reading the queue and cases. Viewing a case is audited."""
+
+    def __init__(self, workspace: Workspace, actor: Actor) -> None:
+        self.ws = workspace
+        self.actor = actor
+
+    def queue_ids(self, q: queue.QueueQuery) -> list[str]:
+        self.actor.require("case.list")
+        with self.ws.db.session() as s:
+            return queue.case_ids(s, q)
+
+    def queue_first_page(self, q: queue.QueueQuery,
+                         limit: int) -> tuple[int, list[queue.QueueRow]]:
+        """(number of matching cases, first page of rows) — what the queue view shows first."""
+        self.actor.require("case.list")
+        with self.ws.db.session() as s:
+            return queue.first_page(s, q, limit)
+
+    def queue_page(self, q: queue.QueueQuery, offset: int, limit: int) -> list[queue.QueueRow]:
+        self.actor.require("case.list")
+        with self.ws.db.session() as s:
+            return queue.page(s, q, offset, limit)
+
+    def queue_rows(self, ids: Sequence[str]) -> list[queue.QueueRow]:
+        self.actor.require("case.list")
+        with self.ws.db.session() as s:
+            return queue.rows(s, ids)
+
+    def counts(self) -> queue.QueueCounts:
+        self.actor.require("case.list")
+        with self.ws.db.session() as s:
+            return queue.counts(s)
+
+    def resolve_id(self, s: Session, ref: str) -> str:
+        """Accept a full local id, a unique id prefix (>= 8 chars) or a portal case number."""
+        ref = ref.strip()
+        if s.get(Case, ref) is not None:
+            return ref
+        by_number = list(s.scalars(select(Case.id).where(Case.case_number == ref)))
+        if len(by_number) == 1:
+            return by_number[0]
+        if len(ref) >= 8:
+            matches = list(
+                s.scalars(select(Case.id).where(Case.id.startswith(ref, autoescape=True)).limit(2))
+            )
+            if len(matches) == 1:
+                return matches[0]
+        raise NotFoundError(
+            f"No case with id '{ref}'. List cases with: derm-workstation queue list"
+        )
+
+    def case_detail(self, case_ref: str, *, audit_view: bool = True) -> CaseDetail:
+        self.actor.require("case.view")
+        with self.ws.db.session() as s:
+            case_id = self.resolve_id(s, case_ref)
+            c = s.scalars(
+                select(Case)
+                .where(Case.id == case_id)
+                .options(
+                    selectinload(Case.patient),
+                    selectinload(Case.photos),
+                    selectinload(Case.messages),
+                    selectinload(Case.questionnaires)
+                    .selectinload(QuestionnaireResponse.items)
+                    .selectinload(QuestionnaireItem.answers),
+                )
+            ).one()
+            p: Patient = c.patient
+            earlier = s.execute(
+                select(
+                    Case.id, Case.submitted_at, Case.status, Case.chief_complaint,
+                    Case.body_site, Case.photo_count,
+                )
+                .where(Case.patient_id == p.id, Case.id != c.id,
+                       Case.submitted_at < c.submitted_at)
+                .order_by(Case.submitted_at.desc())
+            ).all()
+            items = [it for qr in c.questionnaires for it in qr.items]
+            detail = CaseDetail(
+                id=c.id,
+                case_number=c.case_number,
+                status=c.status,
+                priority=c.priority,
+                chief_complaint=c.chief_complaint,
+                body_site=c.body_site,
+                description=c.description,
+                submitted_at=c.submitted_at,
+                updated_at=c.updated_at,
+                assignee=c.assignee,
+                incomplete_reason=c.incomplete_reason,
+                portal_task_id=c.portal_task_id,
+                portal_task_version=c.portal_task_version,
+                portal_service_request_id=c.portal_service_request_id,
+                patient=PatientView(
+                    id=p.id,
+                    name=p.display_name,
+                    identifier=p.identifier,
+                    birth_date=p.birth_date,
+                    age_years=queue.age_in_years(p.birth_date),
+                    sex=p.sex,
+                    portal_id=p.portal_id,
+                ),
+                photos=tuple(_photo_view(ph) for ph in c.photos),
+                questionnaire=_question_tree(items),
+                messages=tuple(
+                    MessageView(m.id, m.direction, m.text, m.sent_at, m.delivery_state)
+                    for m in c.messages
+                ),
+                earlier_cases=tuple(EarlierCaseView(*row) for row in earlier),
+            )
+            if audit_view:
+                audit.record(s, self.actor, "case.view", "case", c.id)
+            return detail
+
+    def photo_bytes(self, sha256: str) -> bytes:
+        """Verified bytes of a stored photo (raises ImageCorruptError when damaged)."""
+        self.actor.require("case.view")
+        return self.ws.images.read_bytes(sha256)
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,1 @@
+"""Synthetic demo content: invented patients, cases and generated photos (no real data)."""

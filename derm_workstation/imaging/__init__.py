@@ -1,0 +1,1 @@
+"""Image handling without Qt: synthetic photos, decoding, thumbnails, analysis."""

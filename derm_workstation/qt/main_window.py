@@ -1,0 +1,384 @@
+"""The main window: filter bar, case queue, open case, status bar.
+
+Everything that touches the disk runs on the task lanes; this class only wires
+widgets to the services and the queue model. Window geometry and splitter
+positions are kept in QSettings (the only thing stored there).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from PySide6.QtCore import QByteArray, QItemSelection, QSettings, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QCloseEvent, QKeyEvent, QKeySequence, QShortcut
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QHeaderView,
+    QLabel,
+    QMainWindow,
+    QProgressBar,
+    QSplitter,
+    QTableView,
+    QVBoxLayout,
+    QWidget,
+)
+
+from derm_workstation.core.queue import QueueCounts, QueueQuery
+from derm_workstation.core.services import CaseDetail, CaseService
+from derm_workstation.core.workspace import Workspace
+from derm_workstation.imaging.thumbnails import ThumbnailCache
+from derm_workstation.qt.dialogs.qt_about import QtAboutDialog
+from derm_workstation.qt.dialogs.qt_errors import show_error, user_message
+from derm_workstation.qt.forms.filter_bar import Ui_FilterBar
+from derm_workstation.qt.models.qt_queue_model import (
+    COL_AGE,
+    COL_PHOTOS,
+    COL_PRIORITY,
+    COL_SEX,
+    COL_WAITING,
+    QtQueueModel,
+)
+from derm_workstation.qt.tasks import QtTaskManager
+from derm_workstation.qt.widgets.qt_case_panel import QtCasePanel
+
+log = logging.getLogger(__name__)
+
+#: (label, statuses) for the "Show" filter; None = the open cases.
+STATUS_FILTERS: tuple[tuple[str, tuple[str, ...] | None], ...] = (
+    ("Open cases", None),
+    ("New", ("requested",)),
+    ("Received", ("received",)),
+    ("Accepted", ("accepted",)),
+    ("In progress", ("in-progress",)),
+    ("Awaiting patient", ("on-hold",)),
+    ("Completed", ("completed",)),
+    ("Cancelled", ("cancelled",)),
+    ("All cases", ("requested", "received", "accepted", "in-progress", "on-hold", "completed",
+                   "cancelled")),
+)
+PRIORITY_FILTERS: tuple[tuple[str, tuple[str, ...] | None], ...] = (
+    ("Any", None),
+    ("Urgent or higher", ("urgent", "asap", "stat")),
+    ("STAT", ("stat",)),
+    ("ASAP", ("asap",)),
+    ("Urgent", ("urgent",)),
+    ("Routine", ("routine",)),
+)
+SEARCH_DELAY_MS = 250
+
+
+class QtQueueTable(QTableView):
+    """The queue table; Enter opens the selected case's photos."""
+
+    activated_with_keyboard = Signal()
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:
+        if event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter):
+            self.activated_with_keyboard.emit()
+            event.accept()
+            return
+        super().keyPressEvent(event)
+
+
+class QtMainWindow(QMainWindow):
+    #: The queue is loaded, a case is open and its first photo is on screen.
+    ready = Signal()
+    #: A case's details were shown (argument: case id).
+    case_shown = Signal(str)
+
+    def __init__(self, workspace: Workspace, service: CaseService, tasks: QtTaskManager,
+                 settings: QSettings | None = None) -> None:
+        super().__init__()
+        self.setObjectName("mainWindow")
+        self.setAccessibleName("Derm Review Workstation")
+        self.setWindowTitle("Derm Review Workstation")
+        self.workspace = workspace
+        self.service = service
+        self.tasks = tasks
+        self.settings = settings or QSettings()
+        self._busy_message = ""
+        self._ready_emitted = False
+        self._hold_ready = False
+        self._pending_select: str | None = None
+        self._requested_case: str | None = None
+
+        self.model = QtQueueModel(service, tasks)
+        self.model.loaded.connect(self._on_queue_loaded)
+        self.model.failed.connect(self._on_error)
+
+        self.filter_bar = QWidget(self)
+        self.filter_ui = Ui_FilterBar()
+        self.filter_ui.setupUi(self.filter_bar)
+        for label, statuses in STATUS_FILTERS:
+            self.filter_ui.statusFilter.addItem(label, statuses)
+        for label, prios in PRIORITY_FILTERS:
+            self.filter_ui.priorityFilter.addItem(label, prios)
+        self.filter_ui.statusFilter.currentIndexChanged.connect(self._apply_filters)
+        self.filter_ui.priorityFilter.currentIndexChanged.connect(self._apply_filters)
+        self._search_timer = QTimer(self)
+        self._search_timer.setSingleShot(True)
+        self._search_timer.setInterval(SEARCH_DELAY_MS)
+        self._search_timer.timeout.connect(self._apply_filters)
+        self.filter_ui.searchEdit.textChanged.connect(lambda _t: self._search_timer.start())
+        self.filter_ui.searchEdit.returnPressed.connect(self._search_submitted)
+        self.filter_ui.searchEdit.installEventFilter(self)
+
+        self.table = QtQueueTable(self)
+        self.table.setObjectName("queueTable")
+        self.table.setAccessibleName("Case queue")
+        self.table.setModel(self.model)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setAlternatingRowColors(True)
+        self.table.setSortingEnabled(True)
+        self.table.setWordWrap(False)
+        self.table.setShowGrid(False)
+        self.table.verticalHeader().setVisible(False)
+        self.table.verticalHeader().setDefaultSectionSize(26)
+        self.table.horizontalHeader().setSortIndicator(COL_PRIORITY, Qt.SortOrder.AscendingOrder)
+        header = self.table.horizontalHeader()
+        header.setObjectName("queueHeader")
+        header.setAccessibleName("Queue columns: click to sort")
+        self.table.verticalHeader().setObjectName("queueRowHeader")
+        self.table.verticalHeader().setAccessibleName("Queue rows")
+        header.setStretchLastSection(False)
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        for col, width in ((COL_PRIORITY, 80), (COL_WAITING, 100), (2, 210), (COL_AGE, 50),
+                           (COL_SEX, 44), (5, 330), (6, 260), (COL_PHOTOS, 60), (8, 130)):
+            self.table.setColumnWidth(col, width)
+        header.setSectionResizeMode(5, QHeaderView.ResizeMode.Stretch)
+        self.table.selectionModel().selectionChanged.connect(self._on_selection_changed)
+        self.table.activated_with_keyboard.connect(self._open_selected_photos)
+
+        self.thumbs = ThumbnailCache(workspace.paths.cache / "thumbnails")
+        self.case_panel = QtCasePanel(service, tasks, self.thumbs, self)
+        self.case_panel.setObjectName("casePanel")
+        self.case_panel.photo_shown.connect(self._on_photo_shown)
+        self.case_panel.open_case_requested.connect(self.open_case)
+
+        top = QWidget(self)
+        top_layout = QVBoxLayout(top)
+        top_layout.setContentsMargins(0, 0, 0, 0)
+        top_layout.setSpacing(0)
+        top_layout.addWidget(self.filter_bar)
+        top_layout.addWidget(self.table)
+        self.splitter = QSplitter(Qt.Orientation.Vertical, self)
+        self.splitter.setObjectName("mainSplitter")
+        self.splitter.addWidget(top)
+        self.splitter.addWidget(self.case_panel)
+        self.splitter.setStretchFactor(0, 2)
+        self.splitter.setStretchFactor(1, 3)
+        self.splitter.setChildrenCollapsible(False)
+        self.setCentralWidget(self.splitter)
+
+        self._build_menus()
+        self._build_status_bar()
+        QShortcut(QKeySequence.StandardKey.Find, self, activated=self.focus_search)
+        tasks.busy_changed.connect(self._on_busy_changed)
+        self._restore_geometry()
+
+    # -- construction -------------------------------------------------------------------------
+    def _build_menus(self) -> None:
+        file_menu = self.menuBar().addMenu("&File")
+        quit_action = QAction("&Quit", self, shortcut=QKeySequence.StandardKey.Quit)
+        quit_action.setObjectName("quitAction")
+        quit_action.triggered.connect(self.close)
+        file_menu.addAction(quit_action)
+        view_menu = self.menuBar().addMenu("&View")
+        self.refresh_action = QAction("&Refresh queue", self, shortcut=QKeySequence("F5"))
+        self.refresh_action.setObjectName("refreshAction")
+        self.refresh_action.triggered.connect(self.refresh)
+        view_menu.addAction(self.refresh_action)
+        find = QAction("&Find case…", self)
+        find.setObjectName("findAction")
+        find.setShortcut(QKeySequence.StandardKey.Find)
+        find.setShortcutContext(Qt.ShortcutContext.WidgetShortcut)  # the QShortcut handles it
+        find.triggered.connect(self.focus_search)
+        view_menu.addAction(find)
+        fit = QAction("&Fit photo to window", self, shortcut=QKeySequence("Ctrl+0"))
+        fit.setObjectName("fitPhotoAction")
+        fit.triggered.connect(self.case_panel.ui.photoView.fit)
+        view_menu.addAction(fit)
+        help_menu = self.menuBar().addMenu("&Help")
+        about = QAction("&About", self)
+        about.setObjectName("aboutAction")
+        about.triggered.connect(self.show_about)
+        help_menu.addAction(about)
+
+    def _build_status_bar(self) -> None:
+        sb = self.statusBar()
+        self.location_label = QLabel(f"Data: {self.workspace.location}")
+        self.location_label.setObjectName("locationLabel")
+        self.location_label.setAccessibleName("Data location")
+        self.counts_label = QLabel("")
+        self.counts_label.setObjectName("countsLabel")
+        self.counts_label.setAccessibleName("Case counts")
+        self.progress = QProgressBar()
+        self.progress.setObjectName("progressBar")
+        self.progress.setAccessibleName("Progress")
+        self.progress.setMaximumWidth(220)
+        self.progress.setVisible(False)
+        sb.addWidget(self.location_label, 1)
+        sb.addPermanentWidget(self.progress)
+        sb.addPermanentWidget(self.counts_label)
+
+    # -- geometry -------------------------------------------------------------------------------
+    def _restore_geometry(self) -> None:
+        geo = self.settings.value("mainWindow/geometry")
+        if isinstance(geo, QByteArray) and not geo.isEmpty():
+            self.restoreGeometry(geo)
+        else:
+            self.resize(1500, 940)
+        state = self.settings.value("mainWindow/splitter")
+        if isinstance(state, QByteArray) and not state.isEmpty():
+            self.splitter.restoreState(state)
+        else:
+            self.splitter.setSizes([300, 640])
+
+    def save_geometry(self) -> None:
+        self.settings.setValue("mainWindow/geometry", self.saveGeometry())
+        self.settings.setValue("mainWindow/splitter", self.splitter.saveState())
+        self.settings.sync()
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        self.save_geometry()
+        super().closeEvent(event)
+
+    # -- queue ------------------------------------------------------------------------------------
+    def current_query(self) -> QueueQuery:
+        q = self.model.query
+        return QueueQuery(
+            statuses=self.filter_ui.statusFilter.currentData(),
+            priorities=self.filter_ui.priorityFilter.currentData(),
+            text=self.filter_ui.searchEdit.text().strip(),
+            sort=q.sort,
+            descending=q.descending,
+        )
+
+    def _apply_filters(self) -> None:
+        self._search_timer.stop()
+        self.model.set_query(self.current_query())
+
+    def _search_submitted(self) -> None:
+        self._apply_filters()
+        self.table.setFocus()
+
+    def refresh(self) -> None:
+        self.model.reload()
+        self.refresh_counts()
+
+    def refresh_counts(self) -> None:
+        self.tasks.run_db(self.service.counts, self._on_counts, self._on_error)
+
+    def _on_counts(self, counts: QueueCounts) -> None:
+        new = counts.by_status.get("requested", 0)
+        self.counts_label.setText(
+            f"{counts.open} open  ·  {new} new  ·  {counts.total} on this workstation"
+        )
+
+    def _on_queue_loaded(self, n: int) -> None:
+        shown = "case" if n == 1 else "cases"
+        self.filter_ui.resultCountLabel.setText(f"{n} {shown}")
+        target = self._pending_select or (self.case_panel.detail.id if self.case_panel.detail
+                                          else None)
+        self._pending_select = None
+        row = self.model.row_of(target) if target else -1
+        if row < 0 and n > 0 and not self.filter_ui.searchEdit.hasFocus():
+            row = 0
+        if row >= 0:
+            self.table.selectRow(row)
+            self.table.scrollTo(self.model.index(row, 0))
+            d = self.case_panel.detail
+            if d is not None and d.id == target and (self.case_panel.shown_photo_id
+                                                     or not d.photos):
+                self._maybe_ready()
+        elif n == 0:
+            self.case_panel.clear()
+            self._maybe_ready()
+
+    def select_case(self, case_id: str) -> None:
+        """Select a case in the queue (after the next load if it is not there yet)."""
+        row = self.model.row_of(case_id)
+        if row >= 0:
+            self.table.selectRow(row)
+        else:
+            self._pending_select = case_id
+
+    def _on_selection_changed(self, selected: QItemSelection, _deselected: QItemSelection) -> None:
+        rows = self.table.selectionModel().selectedRows()
+        if not rows:
+            return
+        case_id = self.model.case_id(rows[0].row())
+        if case_id and (self.case_panel.detail is None or self.case_panel.detail.id != case_id):
+            self.open_case(case_id)
+
+    def open_case(self, case_id: str) -> None:
+        """Load a case's details on the database lane and show them."""
+        self._requested_case = case_id
+        self.tasks.run_db(lambda: self.service.case_detail(case_id), self._show_detail,
+                          self._on_error)
+
+    def _show_detail(self, detail: CaseDetail) -> None:
+        if detail.id != self._requested_case:
+            return  # the clinician has moved on to another case
+        self.case_panel.show_case(detail)
+        self.case_shown.emit(detail.id)
+
+    def _open_selected_photos(self) -> None:
+        if self.case_panel.detail is not None:
+            self.case_panel.ui.thumbnailList.setFocus()
+
+    def focus_search(self) -> None:
+        self.filter_ui.searchEdit.setFocus()
+        self.filter_ui.searchEdit.selectAll()
+
+    def eventFilter(self, obj: object, event: object) -> bool:
+        if (obj is self.filter_ui.searchEdit and isinstance(event, QKeyEvent)
+                and event.type() == QKeyEvent.Type.KeyPress
+                and event.key() in (Qt.Key.Key_Down, Qt.Key.Key_Escape)):
+            if event.key() == Qt.Key.Key_Escape and self.filter_ui.searchEdit.text():
+                self.filter_ui.searchEdit.clear()
+            self.table.setFocus()
+            return True
+        return super().eventFilter(obj, event)  # type: ignore[arg-type]
+
+    # -- readiness, progress, errors -------------------------------------------------------
+    def _on_photo_shown(self, _photo_id: str) -> None:
+        self._maybe_ready()
+
+    def hold_ready(self, hold: bool) -> None:
+        """While held (e.g. demo data still loading), ``ready`` is not emitted."""
+        self._hold_ready = hold
+
+    def _maybe_ready(self) -> None:
+        if not self._ready_emitted and not self._hold_ready:
+            self._ready_emitted = True
+            QTimer.singleShot(0, self.ready.emit)
+
+    def _on_busy_changed(self, pending: int) -> None:
+        if pending == 0 and not self._busy_message:
+            self.progress.setVisible(False)
+
+    def show_progress(self, message: str, done: int, total: int) -> None:
+        self._busy_message = message if done < total else ""
+        self.progress.setVisible(done < total)
+        self.progress.setRange(0, max(total, 1))
+        self.progress.setValue(done)
+        self.progress.setFormat(f"{message} %v/%m")
+        if done >= total:
+            self.statusBar().clearMessage()
+
+    def _on_error(self, exc: BaseException) -> None:
+        self.statusBar().showMessage(user_message(exc), 10000)
+        show_error(self, exc)
+
+    def show_about(self) -> None:
+        dlg = QtAboutDialog(self.workspace.location, self)
+        dlg.setObjectName("aboutDialog")
+        dlg.open()
+
+    def run_in_background(self, fn: Callable[[], object],
+                          on_done: Callable[[object], None]) -> None:
+        self.tasks.run_db(fn, on_done, self._on_error)
+

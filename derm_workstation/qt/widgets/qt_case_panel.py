@@ -1,0 +1,309 @@
+"""The open case: patient, complaint, description, questionnaire, messages,
+earlier visits, thumbnails and a photo view.
+
+Layout comes from ``ui/case_panel.ui`` (compiled into ``qt/forms``). Photos are
+read and decoded on the image pool; the GUI thread only receives ready QImages.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from datetime import datetime
+
+from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtGui import QColor, QIcon, QImage, QPainter, QPixmap
+from PySide6.QtWidgets import QListWidgetItem, QSizePolicy, QTreeWidgetItem, QWidget
+
+from derm_workstation.core.errors import DermError
+from derm_workstation.core.services import CaseDetail, CaseService, PhotoView, QuestionView
+from derm_workstation.imaging.decode import decode_image
+from derm_workstation.imaging.thumbnails import ThumbnailCache
+from derm_workstation.qt.forms.case_panel import Ui_CasePanel
+from derm_workstation.qt.models.qt_queue_model import waiting_text
+from derm_workstation.qt.tasks import QtTaskManager
+
+log = logging.getLogger(__name__)
+
+DISPLAY_MAX = 2400
+THUMB_SIZE = 256
+PHOTO_ID_ROLE = Qt.ItemDataRole.UserRole
+#: "loading", "ready" or "damaged": the state of a thumbnail item.
+THUMB_STATE_ROLE = Qt.ItemDataRole.UserRole + 1
+SEX_LABELS = {"female": "Female", "male": "Male", "other": "Other", "unknown": "Sex not stated"}
+
+
+def pil_to_qimage(img: object) -> QImage:
+    """Convert a PIL RGB image to a QImage that owns its memory (safe across threads)."""
+    from PIL import Image
+
+    assert isinstance(img, Image.Image)
+    rgb = img.convert("RGB")
+    data = rgb.tobytes()
+    qimg = QImage(data, rgb.width, rgb.height, rgb.width * 3, QImage.Format.Format_RGB888)
+    return qimg.copy()
+
+
+def _fmt_dt(dt: datetime | None) -> str:
+    return dt.astimezone().strftime("%d %b %Y %H:%M") if dt else "unknown"
+
+
+def _placeholder_icon(text: str, size: QSize) -> QIcon:
+    pm = QPixmap(size)
+    pm.fill(QColor("#2a2f36"))
+    p = QPainter(pm)
+    p.setPen(QColor("#e6b450"))
+    p.drawText(pm.rect(), Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap, text)
+    p.end()
+    return QIcon(pm)
+
+
+class QtCasePanel(QWidget):
+    """Shows one :class:`CaseDetail`."""
+
+    #: The first photo of the case is on screen (or failed with a message): id of the photo.
+    photo_shown = Signal(str)
+    #: The clinician asked to open another case (an earlier visit): its id.
+    open_case_requested = Signal(str)
+
+    def __init__(self, service: CaseService, tasks: QtTaskManager,
+                 thumbs: ThumbnailCache, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.ui = Ui_CasePanel()
+        self.ui.setupUi(self)
+        self._service = service
+        self._tasks = tasks
+        self._thumbs = thumbs
+        self._detail: CaseDetail | None = None
+        self._photo_by_id: dict[str, PhotoView] = {}
+        self._shown_photo: str | None = None
+        self._generation = 0
+        ui = self.ui
+        ui.patientLabel.setObjectName("patientLabel")
+        ui.patientLabel.setProperty("role", "title")
+        ui.caseMetaLabel.setProperty("role", "subtitle")
+        ui.bannerLabel.setProperty("role", "banner")
+        ui.bannerLabel.setVisible(False)
+        # Header lines keep their natural height; the photos and details get the rest.
+        for label in (ui.patientLabel, ui.caseMetaLabel, ui.bannerLabel):
+            label.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
+        ui.panelLayout.setStretchFactor(ui.panelSplitter, 1)
+        ui.panelSplitter.setStretchFactor(0, 2)
+        ui.panelSplitter.setStretchFactor(1, 5)
+        ui.panelSplitter.setSizes([380, 900])
+        ui.questionnaireTree.header().setStretchLastSection(True)
+        ui.questionnaireTree.header().setObjectName("questionnaireHeader")
+        ui.questionnaireTree.header().setAccessibleName("Questionnaire columns")
+        ui.questionnaireTree.setColumnWidth(0, 230)
+        ui.thumbnailList.currentItemChanged.connect(self._on_thumbnail_changed)
+        ui.historyList.itemActivated.connect(self._on_history_activated)
+        ui.photoView.show_message("Select a case to see its photos")
+        self.setEnabled(False)
+
+    # -- public -----------------------------------------------------------------------------
+    @property
+    def detail(self) -> CaseDetail | None:
+        return self._detail
+
+    @property
+    def shown_photo_id(self) -> str | None:
+        return self._shown_photo
+
+    def clear(self) -> None:
+        self._generation += 1
+        self._detail = None
+        ui = self.ui
+        ui.patientLabel.setText("No case selected")
+        ui.caseMetaLabel.setText("Select a case in the queue to see its photos and details.")
+        ui.bannerLabel.setVisible(False)
+        for w in (ui.complaintValue, ui.siteValue, ui.submittedValue, ui.photoInfoLabel):
+            w.setText("")
+        ui.descriptionView.clear()
+        ui.questionnaireTree.clear()
+        ui.messagesView.clear()
+        ui.historyList.clear()
+        ui.thumbnailList.clear()
+        ui.photoView.show_message("Select a case to see its photos")
+        self.setEnabled(False)
+
+    def show_case(self, d: CaseDetail) -> None:
+        self._generation += 1
+        self._detail = d
+        self._shown_photo = None
+        self.setEnabled(True)
+        ui = self.ui
+        p = d.patient
+        age = f"{p.age_years} y" if p.age_years is not None else "age unknown"
+        ident = f"  ·  {p.identifier}" if p.identifier else ""
+        ui.patientLabel.setText(f"{p.name}  ·  {age}  ·  {SEX_LABELS.get(p.sex, p.sex)}{ident}")
+        number = d.case_number or d.id[:8]
+        ui.caseMetaLabel.setText(
+            f"Case {number}  ·  {d.priority_label}  ·  {d.status_label}  ·  "
+            f"waiting {waiting_text(d.submitted_at)}  ·  {len(d.photos)} photo(s)"
+        )
+        banner = []
+        if d.incomplete_reason:
+            banner.append(f"Incomplete from portal: {d.incomplete_reason}")
+        if d.priority in ("stat", "asap", "urgent"):
+            banner.append(f"{d.priority_label} case: review promptly.")
+        ui.bannerLabel.setText("   ".join(banner))
+        ui.bannerLabel.setVisible(bool(banner))
+        ui.complaintValue.setText(d.chief_complaint or "—")
+        ui.siteValue.setText(d.body_site or "—")
+        ui.submittedValue.setText(_fmt_dt(d.submitted_at))
+        ui.descriptionView.setPlainText(d.description or "The patient wrote no description.")
+        self._fill_questionnaire(d.questionnaire)
+        self._fill_messages(d)
+        self._fill_history(d)
+        self._fill_thumbnails(d)
+
+    # -- filling ----------------------------------------------------------------------------
+    def _fill_questionnaire(self, questions: tuple[QuestionView, ...]) -> None:
+        tree = self.ui.questionnaireTree
+        tree.clear()
+
+        def add(parent: QTreeWidgetItem | None, q: QuestionView) -> None:
+            item = QTreeWidgetItem([q.text or q.link_id, "; ".join(q.answers)])
+            item.setToolTip(0, q.text)
+            item.setToolTip(1, "; ".join(q.answers))
+            if parent is None:
+                tree.addTopLevelItem(item)
+            else:
+                parent.addChild(item)
+            for child in q.items:
+                add(item, child)
+
+        for q in questions:
+            add(None, q)
+        if not questions:
+            tree.addTopLevelItem(QTreeWidgetItem(["No questionnaire was submitted", ""]))
+        tree.expandAll()
+        self.ui.detailTabs.setTabText(1, f"Answers ({len(questions)})")
+
+    def _fill_messages(self, d: CaseDetail) -> None:
+        parts = []
+        for m in d.messages:
+            who = "Patient" if m.direction == "inbound" else "Clinic"
+            state = "" if m.direction == "inbound" else f" · {m.delivery_state}"
+            cls = "in" if m.direction == "inbound" else "out"
+            parts.append(
+                f'<div class="{cls}"><p style="color:#8b949e;margin:6px 0 0 0">'
+                f"<b>{who}</b> · {_fmt_dt(m.sent_at)}{state}</p>"
+                f'<p style="margin:2px 0 8px 0">{html.escape(m.text)}</p></div>'
+            )
+        if not parts:
+            parts.append('<p style="color:#8b949e">No messages yet.</p>')
+        self.ui.messagesView.setHtml("".join(parts))
+        self.ui.detailTabs.setTabText(2, f"Messages ({len(d.messages)})")
+
+    def _fill_history(self, d: CaseDetail) -> None:
+        lst = self.ui.historyList
+        lst.clear()
+        for e in d.earlier_cases:
+            item = QListWidgetItem(
+                f"{e.submitted_at.astimezone():%d %b %Y}  ·  {e.chief_complaint}  ·  "
+                f"{e.body_site}  ·  {e.photo_count} photo(s)  ·  {e.status}"
+            )
+            item.setData(PHOTO_ID_ROLE, e.id)
+            lst.addItem(item)
+        if not d.earlier_cases:
+            lst.addItem(QListWidgetItem("No earlier visits on this workstation."))
+        self.ui.detailTabs.setTabText(3, f"History ({len(d.earlier_cases)})")
+
+    def _fill_thumbnails(self, d: CaseDetail) -> None:
+        lst = self.ui.thumbnailList
+        lst.blockSignals(True)
+        lst.clear()
+        lst.blockSignals(False)
+        self._photo_by_id = {ph.id: ph for ph in d.photos}
+        size = lst.iconSize()
+        gen = self._generation
+        for i, ph in enumerate(d.photos, start=1):
+            item = QListWidgetItem(_placeholder_icon("loading…", size), f"{i}. {ph.title}"[:28])
+            item.setData(PHOTO_ID_ROLE, ph.id)
+            item.setData(THUMB_STATE_ROLE, "loading")
+            item.setToolTip(f"{ph.title}\n{ph.body_site}\n{ph.width} × {ph.height} px")
+            lst.addItem(item)
+            sha = ph.sha256
+            self._tasks.run_image(
+                lambda sha=sha: self._load_thumbnail(sha),
+                lambda img, item=item, g=gen: self._thumb_ready(g, item, img),
+                lambda exc, item=item, g=gen: self._thumb_failed(g, item, exc),
+            )
+        if d.photos:
+            lst.setCurrentRow(0)
+        else:
+            self.ui.photoView.show_message("This case has no photos.")
+            self.ui.photoInfoLabel.setText("")
+            self.photo_shown.emit("")
+
+    # -- background work (image pool) -------------------------------------------------------
+    def _load_thumbnail(self, sha: str) -> QImage:
+        data = self._thumbs.get_or_create(sha, THUMB_SIZE,
+                                          lambda: self._service.photo_bytes(sha))
+        img = QImage.fromData(data)
+        if img.isNull():
+            raise DermError("The thumbnail could not be made.")
+        return img
+
+    def _load_photo(self, sha: str) -> QImage:
+        return pil_to_qimage(decode_image(self._service.photo_bytes(sha), max_size=DISPLAY_MAX))
+
+    # -- results (GUI thread) ----------------------------------------------------------------
+    def _thumb_ready(self, gen: int, item: QListWidgetItem, img: QImage) -> None:
+        if gen == self._generation:
+            item.setIcon(QIcon(QPixmap.fromImage(img)))
+            item.setData(THUMB_STATE_ROLE, "ready")
+
+    def _thumb_failed(self, gen: int, item: QListWidgetItem, exc: BaseException) -> None:
+        if gen != self._generation:
+            return
+        log.warning("thumbnail failed: %s", exc)
+        item.setIcon(_placeholder_icon("damaged", self.ui.thumbnailList.iconSize()))
+        item.setData(THUMB_STATE_ROLE, "damaged")
+
+    def _on_thumbnail_changed(self, current: QListWidgetItem | None, _prev: object) -> None:
+        if current is None:
+            return
+        photo_id = current.data(PHOTO_ID_ROLE)
+        ph = self._photo_by_id.get(photo_id)
+        if ph is None:
+            return
+        gen = self._generation
+        self.ui.photoView.show_message("Loading photo…")
+        taken = _fmt_dt(ph.taken_at) if ph.taken_at else "date unknown"
+        calib = (f"{ph.calibration_px_per_mm:.1f} px/mm" if ph.calibration_px_per_mm
+                 else "uncalibrated")
+        self.ui.photoInfoLabel.setText(
+            f"{ph.title}  ·  {ph.body_site}  ·  taken {taken}  ·  "
+            f"{ph.width} × {ph.height} px  ·  {calib}"
+        )
+        self._tasks.run_image(
+            lambda: self._load_photo(ph.sha256),
+            lambda img: self._photo_ready(gen, ph.id, img),
+            lambda exc: self._photo_failed(gen, ph.id, exc),
+        )
+
+    def _photo_ready(self, gen: int, photo_id: str, img: QImage) -> None:
+        if gen != self._generation:
+            return
+        self.ui.photoView.set_image(img)
+        self._shown_photo = photo_id
+        self.photo_shown.emit(photo_id)
+
+    def _photo_failed(self, gen: int, photo_id: str, exc: BaseException) -> None:
+        if gen != self._generation:
+            return
+        if isinstance(exc, DermError):
+            text = exc.message
+        else:
+            log.error("photo could not be shown", exc_info=exc)
+            text = "This photo could not be shown. Details are in the log file."
+        self.ui.photoView.show_message(text)
+        self._shown_photo = None
+        self.photo_shown.emit(photo_id)
+
+    def _on_history_activated(self, item: QListWidgetItem) -> None:
+        cid = item.data(PHOTO_ID_ROLE)
+        if cid:
+            self.open_case_requested.emit(cid)
