@@ -35,16 +35,16 @@ MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
-def alembic_config(url: str | None = None) -> Config:
+def alembic_config(url: str | None = None, migrations: Path = MIGRATIONS_DIR) -> Config:
     cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("script_location", str(migrations))
     if url:
         cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
 
 
-def head_revision() -> str:
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+def head_revision(migrations: Path = MIGRATIONS_DIR) -> str:
+    head = ScriptDirectory.from_config(alembic_config(None, migrations)).get_current_head()
     assert head is not None
     return head
 
@@ -117,15 +117,20 @@ class Database:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     @classmethod
-    def open(cls, url: str, *, backups_dir: Path | None = None, migrate: bool = True) -> Database:
+    def open(cls, url: str, *, backups_dir: Path | None = None, migrate: bool = True,
+             migrations: Path = MIGRATIONS_DIR) -> Database:
+        """Open (and if needed back up and migrate) the database at ``url``.
+
+        ``migrations`` is the Alembic script folder; only tests pass another one.
+        """
         path = sqlite_file(url)
         if path is not None:
             _check_sqlite_file(path)
         engine = make_engine(url)
         try:
             current = cls._current_revision(engine)
-            head = head_revision()
-            script = ScriptDirectory.from_config(alembic_config())
+            head = head_revision(migrations)
+            script = ScriptDirectory.from_config(alembic_config(None, migrations))
             known = {rev.revision for rev in script.walk_revisions()}
             if current is not None and current not in known:
                 raise SchemaTooNewError(
@@ -141,7 +146,7 @@ class Database:
                 if current is not None and path is not None and backups_dir is not None:
                     saved = backup_sqlite(path, backups_dir, current)
                     log.info("Backed up the database before migrating to %s", saved.name)
-                cls._upgrade(engine, url)
+                cls._upgrade(engine, url, migrations)
             if path is not None:
                 with engine.connect() as conn:
                     conn.exec_driver_sql("PRAGMA journal_mode=WAL")
@@ -183,8 +188,8 @@ class Database:
         return bool(names - {"alembic_version"})
 
     @staticmethod
-    def _upgrade(engine: Engine, url: str) -> None:
-        cfg = alembic_config(url)
+    def _upgrade(engine: Engine, url: str, migrations: Path) -> None:
+        cfg = alembic_config(url, migrations)
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")

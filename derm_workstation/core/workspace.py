@@ -14,6 +14,7 @@ from pathlib import Path
 
 from derm_workstation.core.db import Database
 from derm_workstation.core.imagestore import ImageStore
+from derm_workstation.core.notify import notifier
 from derm_workstation.core.paths import DataPaths, resolve_data_paths
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,10 @@ class Workspace:
         removed = images.remove_stale_temp_files()
         if removed:
             log.warning("Removed %d incomplete photo file(s) left by an interrupted write", removed)
+            notifier.info(
+                f"{removed} photo file(s) left half-written by an earlier interruption were "
+                "cleaned up. No stored photo was affected."
+            )
         return cls(paths=paths, db=db, images=images)
 
     @property

@@ -194,6 +194,8 @@ _SITES: dict[str, tuple[tuple[str, str], ...]] = {
     ),
 }
 _HAND_SITE = ("Back of the right hand", "right hand")
+_NO_OVERVIEW_SITES = frozenset({"Left cheek", "Both cheeks", "Face, both cheeks", "Forehead",
+                         "Chin and jawline", "Neck, anterior", "Back of the right hand"})
 
 _DURATIONS: tuple[tuple[str, int], ...] = (
     ("ten days", 10), ("three weeks", 21), ("four weeks", 28), ("six weeks", 42),
@@ -590,8 +592,8 @@ def _photos(st: _Story, key: str, seed: int, rng: random.Random) -> tuple[DemoPh
     slots: list[int] = [1 if prng.random() < 0.75 else 0]
     if rng.random() < 0.4:
         slots.append(1 - slots[0])
-    if rng.random() < (0.45 if c != "acne" else 0.3):
-        slots.append(2)
+    if st.site not in _NO_OVERVIEW_SITES and rng.random() < (0.45 if c != "acne" else 0.3):
+        slots.append(2)  # the wide-shot generator draws a limb or trunk, not a face or hand
     if c == "pigmented" and (st.follow_up or rng.random() < 0.45):
         slots.append(3)
     slots = sorted(set(slots), key=lambda s: (s != 2, s))  # the overview is taken first

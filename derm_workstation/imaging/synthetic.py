@@ -213,6 +213,23 @@ def _noise(rng: np.random.Generator, h: int, w: int, feature_px: float) -> Float
     return _upsample(g, w, h)
 
 
+def _noise_sum(rng: np.random.Generator, h: int, w: int,
+               octaves: tuple[tuple[float, float], ...]) -> FloatArray:
+    """Sum of ``amp * _noise(feature_px)`` octaves, built small and upsampled once."""
+    cell = min(f for f, _ in octaves) / 2.0
+    if cell <= 1.0:
+        total = np.zeros((h, w), dtype=np.float32)
+        for f, a in octaves:
+            total += a * _noise(rng, h, w, f)
+        return total
+    gh = max(math.ceil(h / cell) + 1, 3)
+    gw = max(math.ceil(w / cell) + 1, 3)
+    acc = np.zeros((gh, gw), dtype=np.float32)
+    for f, a in octaves:
+        acc += a * _noise(rng, gh, gw, f / cell)
+    return _upsample(acc, w, h)
+
+
 def _ridges(f: FloatArray, width: float) -> FloatArray:
     """Thin lines along the zero crossings of a smooth field: a furrow/network pattern."""
     v: FloatArray = np.abs(f).astype(np.float32, copy=False)
@@ -272,7 +289,7 @@ class _Scene:
         self.body: FloatArray | None = None
         self.body_sdf: FloatArray | None = None  # coarse grid, mm, positive on skin
         self.body_step = 1.0
-        fov_mm = self.w / self.ppm
+        fov_mm = max(self.w, self.h) / self.ppm
         self.wide = spec.kind == "overview" or fov_mm > 230.0
         self.scope: tuple[float, float, float] | None = None
         if spec.dermoscopic:
@@ -455,7 +472,8 @@ def _paint_skin(sc: _Scene) -> None:
         r2 = (nx - hx) ** 2 + (ny - hy) ** 2
         vig = np.clip(1.0 - rng.uniform(0.18, 0.32) * r2, 0.35, 1.0)
         b = rng.uniform(0, math.pi)
-        limb_r = rng.uniform(40.0, 75.0) * ppm
+        # a gently rounded limb; never so curved that its edges would be in view
+        limb_r = max(rng.uniform(40.0, 75.0) * ppm, 0.6 * max(w, h))
         d = (-(X - w / 2) * math.sin(b) + (Y - h / 2) * math.cos(b)) / limb_r
         d = d + rng.uniform(-0.25, 0.25)
         cyl = np.clip(1.0 - 0.42 * d * d, 0.35, 1.0) if not sc.wide else 1.0
@@ -466,17 +484,17 @@ def _paint_skin(sc: _Scene) -> None:
     # Melanin and blood mottling of normal skin.
     blood = calm * (0.018 * coarse_noise(16.0) + 0.01 * coarse_noise(5.0)) + 0.04
     mel = calm * (0.035 * coarse_noise(25.0) + 0.012 * coarse_noise(6.0))
-    if spec.fitzpatrick <= 3 and rng.random() < 0.5 and ppm >= 4:
+    if spec.fitzpatrick <= 3 and rng.random() < 0.4 and ppm >= 4:
         # freckles / lentigines on sun-exposed fair skin
-        fr = np.clip(coarse_noise(max(1.2, 2.5 * cstep / ppm)) - 1.7, 0, None)
+        fr = np.clip(coarse_noise(max(1.2, 2.5 * cstep / ppm)) - 2.0, 0, None)
         mel = mel + fr * rng.uniform(0.15, 0.35)
     wb = np.exp(rng.normal(0.0, 0.02, 3)).astype(np.float32)  # white balance
     colour = sc.base * wb
     sheen: npt.NDArray[np.floating] = np.zeros_like(X)
     if not spec.dermoscopic:
-        oil = rng.uniform(0.25, 0.8) if spec.kind == "acne" else rng.uniform(0.0, 0.35)
+        oil = rng.uniform(0.15, 0.45) if spec.kind == "acne" else rng.uniform(0.0, 0.3)
         sx, sy = 0.35 * lx + rng.normal(0, 0.1), 0.35 * ly + rng.normal(0, 0.1)
-        sheen = oil * 0.07 * np.exp(-((nx - sx) ** 2 + (ny - sy) ** 2) / 0.18)
+        sheen = oil * 0.045 * np.exp(-((nx - sx) ** 2 + (ny - sy) ** 2) / 0.12)
         sheen = sheen * np.clip(1.0 + 0.3 * coarse_noise(6.0), 0.0, None)
 
     skin_sdf: FloatArray | None = None
@@ -516,11 +534,9 @@ def _body_sdf(sc: _Scene, X: FloatArray, Y: FloatArray) -> FloatArray:
         half = span * rng.uniform(0.3, 0.4) * (1.0 + 0.08 * np.sin(u / span * 2.4))
         off = span * rng.uniform(-0.06, 0.06) + span * 0.04 * np.sin(u / span * 1.7 + 1.0)
         sdf = half - np.abs(v - off)
-    else:  # a trunk filling most of the frame, edges on the sides
-        span = fov_w if w >= h else fov_h
-        coord, along = (Xm, Ym) if w >= h else (Ym, Xm)
-        half = span * rng.uniform(0.38, 0.46) * (1.0 + 0.05 * np.cos(along / span * 3.0))
-        sdf = half - np.abs(coord - span * rng.uniform(-0.05, 0.05))
+    else:  # a trunk filling most of the frame, its flanks at the left and right edges
+        half = fov_w * rng.uniform(0.38, 0.46) * (1.0 + 0.05 * np.cos(Ym / fov_h * 3.0))
+        sdf = half - np.abs(Xm - fov_w * rng.uniform(-0.05, 0.05))
     sc.body_step = w / X.shape[1]
     out: FloatArray = np.asarray(sdf, dtype=np.float32)
     sc.body_sdf = out
@@ -578,8 +594,8 @@ def _pigmented(sc: _Scene, cx: float, cy: float, diam_mm: float, sev: float,
     idx = ((th + math.pi) * (1024 / (2 * math.pi))).astype(np.int32)
     rho = r / (r0 * r_tab[idx])
     bh, bw = b.shape
-    rho += (0.02 + 0.05 * sev) * _noise(rng, bh, bw, max(1.2 * ppm, 2.0))
-    rho += (0.008 + 0.02 * sev) * _noise(rng, bh, bw, max(0.3 * ppm, 2.0))
+    rho += _noise_sum(rng, bh, bw, ((max(1.2 * ppm, 2.0), 0.02 + 0.05 * sev),
+                                    (max(0.3 * ppm, 2.0), 0.008 + 0.02 * sev)))
     ew = e_tab[idx]
     alpha = _smoothstep(1.0 + ew / 2, 1.0 - ew / 2, rho)
     inside = rho < 1.0
@@ -591,15 +607,15 @@ def _pigmented(sc: _Scene, cx: float, cy: float, diam_mm: float, sev: float,
     sig = r0 * rng.uniform(0.3, 0.55)
     ecc = sev * rng.uniform(0.4, 1.1)
     profile += ecc * np.exp(-((dx - ox) ** 2 + (dy - oy) ** 2) / (2 * sig * sig))
-    var = (0.1 + 0.45 * sev) * _noise(rng, bh, bw, max(1.4 * ppm, 2.0))
-    var += (0.05 + 0.15 * sev) * _noise(rng, bh, bw, max(0.5 * ppm, 2.0))
+    var = _noise_sum(rng, bh, bw, ((max(1.4 * ppm, 2.0), 0.1 + 0.45 * sev),
+                                   (max(0.5 * ppm, 2.0), 0.05 + 0.15 * sev)))
     mel = m0 * profile * np.exp(var)
-    cell = 0.38 * ppm
-    if cell >= 2.0:  # pigment network, fading towards the rim
-        f = _noise(rng, bh, bw, cell * 2)
-        net = _ridges(f, 0.35)
-        na = (0.45 if sc.spec.dermoscopic else 0.22) * detail
-        mel *= 1.0 + na * (net - 0.3) * np.clip(1.25 - rho, 0, 1)
+    mesh = 0.32 * ppm  # pigment network: brown lines around paler holes ~0.3 mm apart
+    if mesh >= 4.0:
+        f = _noise(rng, bh, bw, mesh)
+        net = _ridges(f, 1.1)
+        na = (0.55 if sc.spec.dermoscopic else 0.25) * detail
+        mel *= 1.0 + na * (net - 0.45) * np.clip(1.25 - rho, 0, 1)
     # dots and globules, more and more eccentric with severity
     pts: list[tuple[float, float, float, float]] = []
     n_dots = int(rng.integers(0, 4) + (30 * sev**1.4 + 4 * sev) * detail)
@@ -627,11 +643,11 @@ def _pigmented(sc: _Scene, cx: float, cy: float, diam_mm: float, sev: float,
     # blue-grey (dermal pigment) and whitish regression areas
     if sev > 0.35 and rng.random() < 0.25 + 0.8 * sev:
         a0 = rng.uniform(-math.pi, math.pi)
-        sector = _smoothstep(0.1, 0.7, np.cos(th - a0))
+        sector = _smoothstep(0.3, 0.8, np.cos(th - a0))
         blob = _smoothstep(-0.3, 0.6, _noise(rng, bh, bw, 2.0 * ppm) + sector)
-        ab = (0.2 + 0.3 * sev) * blob * sector * _smoothstep(1.0, 0.6, rho)
+        ab = (0.12 + 0.25 * sev) * blob * sector * _smoothstep(1.0, 0.6, rho)
         ab *= 0.75 + 0.25 * np.clip(_noise(rng, bh, bw, max(0.6 * ppm, 2.0)), -1, 1)
-        sc.overlay(b, ab.astype(np.float32), _srgb_to_linear((116, 122, 134)))
+        sc.overlay(b, ab.astype(np.float32), _srgb_to_linear((112, 116, 124)))
     if sev > 0.7 and rng.random() < 0.7:
         a0 = rng.uniform(-math.pi, math.pi)
         wz = _smoothstep(0.4, 0.9, np.cos(th - a0)) * _smoothstep(0.85, 0.4, rho)
@@ -729,8 +745,7 @@ def _plaque_group(sc: _Scene, plaques: list[tuple[float, ...]], sev: float) -> N
     blood = alpha * hb0 * (1.0 + 0.1 * fine) + 0.2 * rim
     mel = alpha * (0.03 + 0.4 * sc.t) * (0.6 + 0.4 * interior)
     # scale: thickest centrally, thinning towards the red rim, broken by fissures
-    n_s = 0.7 * _noise(rng, bh, bw, max(2.5 * ppm, 2.0)) + 0.3 * _noise(
-        rng, bh, bw, max(1.0 * ppm, 2.0))
+    n_s = 0.7 * _noise(rng, bh, bw, max(2.5 * ppm, 2.0)) + 0.3 * fine
     thr = 0.55 - 1.0 * sev
     size_mm = max(max(p[2], p[3]) for p in plaques) / ppm
     small = float(np.clip((size_mm - 2.0) / 8.0, 0.2, 1.0))
@@ -738,8 +753,7 @@ def _plaque_group(sc: _Scene, plaques: list[tuple[float, ...]], sev: float) -> N
     # micaceous scale: stacked flakes, i.e. terraces of a noise field whose lit and
     # shadowed edges read as overlapping plates
     flake = np.clip(_noise(rng, bh, bw, max(0.3 * ppm, 2.0)), -1.5, 1.5)
-    plates = np.floor((0.7 * n_s + 0.3 * _noise(rng, bh, bw, max(1.2 * ppm, 2.0)) + 3.0)
-                      * 2.2) * (1 / 2.2)
+    plates = np.floor((0.8 * n_s + 0.2 * flake + 3.0) * 2.2) * (1 / 2.2)
     sc.absorb(b, mel.astype(np.float32), blood.astype(np.float32))
     height = elev * (0.3 * ppm) + cov * (0.12 * ppm) * (plates + 0.15 * flake)
     shade = sc.bump(b, height.astype(np.float32), 0.6)
@@ -767,7 +781,7 @@ def _eczema(sc: _Scene, cx: float, cy: float, sev: float) -> None:
     u = dx * math.cos(rot) + dy * math.sin(rot)
     v = -dx * math.sin(rot) + dy * math.cos(rot)
     rho = np.sqrt((u / ra) ** 2 + (v / rb) ** 2)
-    warp = 0.28 * _noise(rng, bh, bw, 14.0 * ppm) + 0.1 * _noise(rng, bh, bw, 4.0 * ppm)
+    warp = _noise_sum(rng, bh, bw, ((14.0 * ppm, 0.28), (4.0 * ppm, 0.1)))
     patch = _smoothstep(1.15, 0.4, rho + warp)
     patch *= np.clip(0.9 + 0.12 * _noise(rng, bh, bw, 2.0 * ppm), 0.5, 1.2)
     if sc.body is not None:
@@ -819,9 +833,14 @@ def _eczema(sc: _Scene, cx: float, cy: float, sev: float) -> None:
     sc.absorb(b, mel.astype(np.float32), blood.astype(np.float32))
     shade = sc.bump(b, height, 1.0)
     # dry fine scale
-    dry = patch * _smoothstep(0.3, 1.8, _noise(rng, bh, bw, max(0.4 * ppm, 2.0)))
-    sc.overlay(b, ((0.06 + 0.2 * sc.t) * dry * (1 - exc)).astype(np.float32),
-               _srgb_to_linear((228, 222, 214)), shade)
+    # dryness: an ashy haze with a few fine flakes (most visible on darker skin)
+    haze = _smoothstep(-0.6, 1.4, _noise(rng, bh, bw, max(1.5 * ppm, 2.0)))
+    flakes = _smoothstep(1.2, 2.4, _noise(rng, bh, bw, max(0.35 * ppm, 2.0)))
+    # a light overlay is far stronger on dark skin than on fair: keep the ash subtle
+    lum = float(sc.base @ np.array([0.2126, 0.7152, 0.0722], dtype=np.float32))
+    ash = min(1.0, lum / 0.4) ** 0.6
+    dry = patch * (haze * 0.05 + flakes * (0.03 + 0.05 * sev)) * ash
+    sc.overlay(b, (dry * (1 - exc)).astype(np.float32), _srgb_to_linear((196, 190, 186)), shade)
     sc.gain_lines(b, (1.6 * patch * (0.3 + sev)).astype(np.float32))
     sc.add_mask(b, (patch > 0.35) | (exc > 0.5))
 

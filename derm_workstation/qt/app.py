@@ -87,6 +87,7 @@ def run_gui(opts: GuiOptions) -> int:
     from derm_workstation.qt.tasks import QtTaskManager
 
     configure_logging(workspace.paths)
+    install_excepthook()
     tasks = QtTaskManager()
     service = CaseService(workspace, local_actor())
     window = QtMainWindow(workspace, service, tasks, QSettings())
@@ -122,6 +123,21 @@ def run_gui(opts: GuiOptions) -> int:
     if opts.throwaway and opts.data_dir is not None:
         shutil.rmtree(opts.data_dir, ignore_errors=True)
     return exit_code["value"] or code
+
+
+def install_excepthook() -> None:
+    """An unexpected exception in a Qt slot: log the traceback, show a plain sentence."""
+    from derm_workstation.qt.dialogs.qt_errors import show_error
+
+    def hook(exc_type: type[BaseException], exc: BaseException, tb: object) -> None:
+        log.error("unhandled exception", exc_info=(exc_type, exc, tb))  # type: ignore[arg-type]
+        if QApplication.instance() is not None and not _headless():
+            show_error(QApplication.activeWindow(), exc)
+        else:
+            print(f"error: {exc if isinstance(exc, DermError) else 'unexpected problem'}"
+                  "; details are in the log file", file=sys.stderr)
+
+    sys.excepthook = hook
 
 
 def start_demo_seed(window: object, workspace: Workspace, opts: GuiOptions) -> None:

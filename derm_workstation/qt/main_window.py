@@ -24,6 +24,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from derm_workstation.core.errors import DermError
+from derm_workstation.core.notify import Notification, notifier
 from derm_workstation.core.queue import QueueCounts, QueueQuery
 from derm_workstation.core.services import CaseDetail, CaseService
 from derm_workstation.core.workspace import Workspace
@@ -86,6 +88,8 @@ class QtMainWindow(QMainWindow):
     ready = Signal()
     #: A case's details were shown (argument: case id).
     case_shown = Signal(str)
+    #: Core notifications, re-emitted on the GUI thread.
+    _notes = Signal(object)
 
     def __init__(self, workspace: Workspace, service: CaseService, tasks: QtTaskManager,
                  settings: QSettings | None = None) -> None:
@@ -176,6 +180,9 @@ class QtMainWindow(QMainWindow):
         self._build_status_bar()
         QShortcut(QKeySequence.StandardKey.Find, self, activated=self.focus_search)
         tasks.busy_changed.connect(self._on_busy_changed)
+        self._notes.connect(self._on_notification, Qt.ConnectionType.QueuedConnection)
+        self._unsubscribe = notifier.subscribe(self._notes.emit)
+        self.destroyed.connect(lambda *_: self._unsubscribe())
         self._restore_geometry()
 
     # -- construction -------------------------------------------------------------------------
@@ -242,6 +249,7 @@ class QtMainWindow(QMainWindow):
         self.settings.sync()
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        self._unsubscribe()
         self.save_geometry()
         super().closeEvent(event)
 
@@ -368,6 +376,12 @@ class QtMainWindow(QMainWindow):
         self.progress.setFormat(f"{message} %v/%m")
         if done >= total:
             self.statusBar().clearMessage()
+
+    def _on_notification(self, note: Notification) -> None:
+        if note.severity == "error":
+            self._on_error(DermError(note.message))
+        else:
+            self.statusBar().showMessage(note.message, 15000)
 
     def _on_error(self, exc: BaseException) -> None:
         self.statusBar().showMessage(user_message(exc), 10000)

@@ -457,3 +457,64 @@ def test_case_times_round_trip_through_the_database(db: Database) -> None:
         assert c2.submitted_at == when
         assert c2.submitted_at.tzinfo is UTC
         assert c2.submitted_at.day == 1 and c2.submitted_at.month == 7
+
+
+NEXT_REVISION = '''"""a later schema (test only)"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002_test"
+down_revision = "{head}"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table("later_table", sa.Column("id", sa.Integer, primary_key=True))
+
+
+def downgrade() -> None:
+    op.drop_table("later_table")
+'''
+
+
+def test_opening_with_a_newer_app_backs_up_then_migrates(tmp_path: Path) -> None:
+    """A database at the current head, opened by an app whose migrations go one
+    revision further (a copy of ours plus one), is backed up first, then upgraded."""
+    import shutil
+
+    from derm_workstation.core.db import MIGRATIONS_DIR, head_revision
+
+    newer = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS_DIR, newer, ignore=shutil.ignore_patterns("__pycache__"))
+    (newer / "versions" / "0002_test.py").write_text(
+        NEXT_REVISION.format(head=head_revision()))
+    path = tmp_path / "derm.sqlite3"
+    _make_workstation_db(path)
+    con = sqlite3.connect(path)
+    con.execute("INSERT INTO audit_events (at, actor, action, entity_type, detail, prev_hash, "
+                "hash) VALUES ('2026-01-01 00:00:00', 'a', 'x', 'y', '{}', 'p', 'h')")
+    con.commit()
+    con.close()
+    backups = tmp_path / "backups"
+
+    Database.open(_url(path), backups_dir=backups, migrations=newer).close()
+
+    (saved,) = backups.iterdir()
+    assert saved.name.startswith(f"derm-{head_revision()}-")
+    con = sqlite3.connect(saved)
+    try:  # the backup is the old database, data included
+        assert con.execute("SELECT version_num FROM alembic_version").fetchone()[0] == (
+            head_revision())
+        assert con.execute("SELECT count(*) FROM audit_events").fetchone()[0] == 1
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master")}
+        assert "later_table" not in tables
+    finally:
+        con.close()
+    con = sqlite3.connect(path)
+    try:  # the live database moved on and kept its data
+        assert con.execute("SELECT version_num FROM alembic_version").fetchone()[0] == (
+            "0002_test")
+        assert con.execute("SELECT count(*) FROM audit_events").fetchone()[0] == 1
+    finally:
+        con.close()

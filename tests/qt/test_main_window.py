@@ -221,3 +221,19 @@ def test_every_interactive_widget_has_names(window: QtMainWindow) -> None:
         if not w.objectName() or not w.accessibleName():
             missing.append(f"{type(w).__name__}:{w.objectName()!r}")
     assert not missing, missing
+
+
+def test_a_slow_earlier_photo_never_replaces_the_chosen_one(qtbot, window: QtMainWindow,
+                                                            case_ids: dict[str, str]) -> None:
+    """Photos decode on a pool: results can arrive out of order. The last choice wins."""
+    click_row(qtbot, window, window.model.row_of(case_ids["Müller"]))
+    panel = window.case_panel
+    lst = panel.ui.thumbnailList
+    wanted = panel.detail.photos[2].id  # type: ignore[union-attr]
+    for _ in range(3):  # quick clicks through all three, ending on the third
+        for i in (0, 1, 2):
+            lst.setCurrentRow(i)
+    qtbot.waitUntil(lambda: panel.shown_photo_id == wanted, timeout=TIMEOUT)
+    # let every queued decode finish: the stale ones must be ignored
+    qtbot.waitUntil(lambda: window.tasks.pending == 0, timeout=TIMEOUT)
+    assert panel.shown_photo_id == wanted and panel.ui.photoView.has_image

@@ -77,6 +77,7 @@ class QtCasePanel(QWidget):
         self._detail: CaseDetail | None = None
         self._photo_by_id: dict[str, PhotoView] = {}
         self._shown_photo: str | None = None
+        self._wanted_photo: str | None = None  # the latest photo asked for
         self._generation = 0
         ui = self.ui
         ui.patientLabel.setObjectName("patientLabel")
@@ -270,6 +271,7 @@ class QtCasePanel(QWidget):
         if ph is None:
             return
         gen = self._generation
+        self._wanted_photo = ph.id
         self.ui.photoView.show_message("Loading photo…")
         taken = _fmt_dt(ph.taken_at) if ph.taken_at else "date unknown"
         calib = (f"{ph.calibration_px_per_mm:.1f} px/mm" if ph.calibration_px_per_mm
@@ -285,14 +287,14 @@ class QtCasePanel(QWidget):
         )
 
     def _photo_ready(self, gen: int, photo_id: str, img: QImage) -> None:
-        if gen != self._generation:
-            return
+        if gen != self._generation or photo_id != self._wanted_photo:
+            return  # decoding finished after the clinician picked another photo
         self.ui.photoView.set_image(img)
         self._shown_photo = photo_id
         self.photo_shown.emit(photo_id)
 
     def _photo_failed(self, gen: int, photo_id: str, exc: BaseException) -> None:
-        if gen != self._generation:
+        if gen != self._generation or photo_id != self._wanted_photo:
             return
         if isinstance(exc, DermError):
             text = exc.message
