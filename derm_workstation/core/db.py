@@ -15,19 +15,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, event, inspect
+from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DatabaseError as SADatabaseError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from derm_workstation.core.errors import DatabaseError, SchemaTooNewError, StorageError
+from derm_workstation.core.migrations import REVISIONS
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,8 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 def alembic_config(url: str | None = None, migrations: Path = MIGRATIONS_DIR) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations))
     if url:
@@ -43,10 +45,18 @@ def alembic_config(url: str | None = None, migrations: Path = MIGRATIONS_DIR) ->
     return cfg
 
 
+def script_revisions(migrations: Path = MIGRATIONS_DIR) -> tuple[str, ...]:
+    """Every revision in the Alembic scripts, oldest first (imports Alembic)."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config(None, migrations))
+    return tuple(reversed([rev.revision for rev in script.walk_revisions()]))
+
+
 def head_revision(migrations: Path = MIGRATIONS_DIR) -> str:
-    head = ScriptDirectory.from_config(alembic_config(None, migrations)).get_current_head()
-    assert head is not None
-    return head
+    if migrations == MIGRATIONS_DIR:
+        return REVISIONS[-1]
+    return script_revisions(migrations)[-1]
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -129,9 +139,8 @@ class Database:
         engine = make_engine(url)
         try:
             current = cls._current_revision(engine)
-            head = head_revision(migrations)
-            script = ScriptDirectory.from_config(alembic_config(None, migrations))
-            known = {rev.revision for rev in script.walk_revisions()}
+            known = REVISIONS if migrations == MIGRATIONS_DIR else script_revisions(migrations)
+            head = known[-1]
             if current is not None and current not in known:
                 raise SchemaTooNewError(
                     "This database was written by a newer version of Derm Workstation "
@@ -172,8 +181,11 @@ class Database:
 
     @staticmethod
     def _current_revision(engine: Engine) -> str | None:
+        """The revision in ``alembic_version`` (plain SQL: Alembic is only loaded to migrate)."""
         with engine.connect() as conn:
-            heads = MigrationContext.configure(conn).get_current_heads()
+            if not inspect(conn).has_table("alembic_version"):
+                return None
+            heads = tuple(conn.execute(text("SELECT version_num FROM alembic_version")).scalars())
         if len(heads) > 1:
             raise SchemaTooNewError(
                 "This database carries several schema versions at once "
@@ -189,6 +201,8 @@ class Database:
 
     @staticmethod
     def _upgrade(engine: Engine, url: str, migrations: Path) -> None:
+        from alembic import command
+
         cfg = alembic_config(url, migrations)
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn

@@ -32,6 +32,20 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+# The vocabulary lives in a module without SQLAlchemy so the GUI can start fast;
+# it is re-exported here for the code that works with the models.
+from derm_workstation.core.vocabulary import (
+    CASE_STATUSES,
+    DELIVERY_STATES,
+    MESSAGE_DIRECTIONS,
+    OPEN_STATUSES,
+    PHOTO_SOURCES,
+    PRIORITY_LABELS,
+    PRIORITY_RANK,
+    SEXES,
+    STATUS_LABELS,
+)
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -39,40 +53,6 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-
-#: FHIR Task.status values (PORTAL_CONTRACT.md), in workflow order.
-CASE_STATUSES: tuple[str, ...] = (
-    "requested",
-    "received",
-    "accepted",
-    "in-progress",
-    "on-hold",
-    "completed",
-    "cancelled",
-)
-OPEN_STATUSES: tuple[str, ...] = CASE_STATUSES[:5]
-STATUS_LABELS: dict[str, str] = {
-    "requested": "New",
-    "received": "Received",
-    "accepted": "Accepted",
-    "in-progress": "In progress",
-    "on-hold": "Awaiting patient",
-    "completed": "Completed",
-    "cancelled": "Cancelled",
-}
-#: FHIR request priorities, most urgent first; the rank sorts them in SQL.
-PRIORITY_RANK: dict[str, int] = {"stat": 0, "asap": 1, "urgent": 2, "routine": 3}
-PRIORITY_LABELS: dict[str, str] = {
-    "stat": "STAT",
-    "asap": "ASAP",
-    "urgent": "Urgent",
-    "routine": "Routine",
-}
-SEXES: tuple[str, ...] = ("female", "male", "other", "unknown")
-MESSAGE_DIRECTIONS: tuple[str, ...] = ("inbound", "outbound")
-DELIVERY_STATES: tuple[str, ...] = ("received", "draft", "queued", "sent", "failed")
-PHOTO_SOURCES: tuple[str, ...] = ("portal", "import", "demo")
-
 
 def new_id() -> str:
     return str(uuid.uuid4())
@@ -351,8 +331,14 @@ class AuditEvent(Base):
 
 __all__ = [
     "CASE_STATUSES",
+    "DELIVERY_STATES",
+    "MESSAGE_DIRECTIONS",
     "OPEN_STATUSES",
+    "PHOTO_SOURCES",
+    "PRIORITY_LABELS",
     "PRIORITY_RANK",
+    "SEXES",
+    "STATUS_LABELS",
     "AuditEvent",
     "Base",
     "Case",

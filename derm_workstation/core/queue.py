@@ -1,30 +1,34 @@
-"""The case queue: filtering, sorting and searching in SQL, rows fetched by id.
+"""The case queue: filtering, sorting and searching in SQL.
 
-The GUI's table model and the CLI both use this module. ``case_ids`` returns
-the ordered ids of every matching case (cheap: one indexed query); ``rows``
-fetches display rows for a handful of ids on demand, so a queue of 100,000
-cases never loads 100,000 rows.
+The GUI's table model uses ``first_page`` (count + first page of display rows)
+and ``page`` (later pages as the clinician scrolls), so a queue of 100,000
+cases never loads 100,000 rows. The CLI uses ``case_ids`` + ``rows``. Every
+sort key has an index ending in the same tie-breakers as ``_order``, so a
+sorted page is an index walk; ``benchmarks/queue_queries.py`` measures it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, func, or_, select
 from sqlalchemy.orm import Session
 
-from derm_workstation.core.errors import InputError
 from derm_workstation.core.models import (
     CASE_STATUSES,
     OPEN_STATUSES,
-    PRIORITY_LABELS,
     PRIORITY_RANK,
-    STATUS_LABELS,
     Case,
     Patient,
+)
+from derm_workstation.core.views import (
+    SORT_KEY_NAMES,
+    QueueCounts,
+    QueueQuery,
+    QueueRow,
+    age_in_years,
 )
 
 #: Sort keys the queue understands, mapped to SQL columns.
@@ -42,90 +46,7 @@ SORT_KEYS: dict[str, Any] = {
     "case_number": Case.case_number,
 }
 _NEEDS_PATIENT = {"patient", "age", "sex"}
-
-
-@dataclass(frozen=True)
-class QueueQuery:
-    """What the clinician asked to see.
-
-    ``statuses`` None means the open cases (not completed or cancelled);
-    ``text`` matches every word against patient name, identifier, case number,
-    complaint and body site. The default order is the triage order: most urgent
-    first, then the longest waiting.
-    """
-
-    statuses: tuple[str, ...] | None = None
-    priorities: tuple[str, ...] | None = None
-    text: str = ""
-    sort: str = "priority"
-    descending: bool = False
-    patient_id: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.sort not in SORT_KEYS:
-            raise InputError(
-                f"Unknown sort '{self.sort}'. Choose one of: {', '.join(sorted(SORT_KEYS))}."
-            )
-        for s in self.statuses or ():
-            if s not in CASE_STATUSES:
-                raise InputError(
-                    f"Unknown status '{s}'. Choose one of: {', '.join(CASE_STATUSES)}."
-                )
-        for p in self.priorities or ():
-            if p not in PRIORITY_RANK:
-                raise InputError(
-                    f"Unknown priority '{p}'. Choose one of: {', '.join(PRIORITY_RANK)}."
-                )
-
-
-@dataclass(frozen=True)
-class QueueRow:
-    """One line of the queue, ready to display."""
-
-    id: str
-    case_number: str | None
-    priority: str
-    status: str
-    submitted_at: datetime
-    patient_name: str
-    age_years: int | None
-    sex: str
-    chief_complaint: str
-    body_site: str
-    photo_count: int
-    incomplete: bool = False
-
-    @property
-    def priority_label(self) -> str:
-        return PRIORITY_LABELS.get(self.priority, self.priority)
-
-    @property
-    def status_label(self) -> str:
-        return STATUS_LABELS.get(self.status, self.status)
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "case_number": self.case_number,
-            "status": self.status,
-            "priority": self.priority,
-            "submitted_at": self.submitted_at.isoformat(),
-            "patient_name": self.patient_name,
-            "age_years": self.age_years,
-            "sex": self.sex,
-            "chief_complaint": self.chief_complaint,
-            "body_site": self.body_site,
-            "photo_count": self.photo_count,
-            "incomplete": self.incomplete,
-        }
-
-
-def age_in_years(birth: date | None, today: date | None = None) -> int | None:
-    if birth is None:
-        return None
-    today = today or datetime.now(UTC).date()
-    years = today.year - birth.year - ((today.month, today.day) < (birth.month, birth.day))
-    return max(years, 0)
+assert set(SORT_KEYS) == set(SORT_KEY_NAMES), "views.SORT_KEY_NAMES and SORT_KEYS must agree"
 
 
 def _escape_like(term: str) -> str:
@@ -277,19 +198,6 @@ def rows(session: Session, ids: Sequence[str], today: date | None = None) -> lis
     )
     found = {r.id: _row(r, today) for r in session.execute(stmt)}
     return [found[i] for i in ids if i in found]
-
-
-@dataclass
-class QueueCounts:
-    by_status: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def open(self) -> int:
-        return sum(n for s, n in self.by_status.items() if s in OPEN_STATUSES)
-
-    @property
-    def total(self) -> int:
-        return sum(self.by_status.values())
 
 
 def counts(session: Session, urgent_only: bool = False) -> QueueCounts:

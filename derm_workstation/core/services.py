@@ -8,9 +8,7 @@ they can cross threads safely.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
-from typing import Any
+from datetime import UTC, datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
@@ -18,8 +16,6 @@ from sqlalchemy.orm import Session, selectinload
 from derm_workstation.core import audit, queue
 from derm_workstation.core.errors import NotFoundError
 from derm_workstation.core.models import (
-    PRIORITY_LABELS,
-    STATUS_LABELS,
     Case,
     Patient,
     Photo,
@@ -27,169 +23,15 @@ from derm_workstation.core.models import (
     QuestionnaireResponse,
 )
 from derm_workstation.core.users import Actor
+from derm_workstation.core.views import (
+    CaseDetail,
+    EarlierCaseView,
+    MessageView,
+    PatientView,
+    PhotoView,
+    QuestionView,
+)
 from derm_workstation.core.workspace import Workspace
-
-
-@dataclass(frozen=True)
-class PatientView:
-    id: str
-    name: str
-    identifier: str | None
-    birth_date: date | None
-    age_years: int | None
-    sex: str
-    portal_id: str | None
-
-
-@dataclass(frozen=True)
-class PhotoView:
-    id: str
-    sha256: str
-    content_type: str
-    byte_size: int
-    width: int
-    height: int
-    body_site: str
-    title: str
-    taken_at: datetime | None
-    calibration_px_per_mm: float | None
-    source: str
-    portal_media_id: str | None
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "sha256": self.sha256,
-            "content_type": self.content_type,
-            "byte_size": self.byte_size,
-            "width": self.width,
-            "height": self.height,
-            "body_site": self.body_site,
-            "title": self.title,
-            "taken_at": self.taken_at.isoformat() if self.taken_at else None,
-            "calibration_px_per_mm": self.calibration_px_per_mm,
-            "source": self.source,
-            "portal_media_id": self.portal_media_id,
-        }
-
-
-@dataclass(frozen=True)
-class QuestionView:
-    link_id: str
-    text: str
-    answers: tuple[str, ...]
-    items: tuple[QuestionView, ...] = ()
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "link_id": self.link_id,
-            "text": self.text,
-            "answers": list(self.answers),
-            "items": [i.as_json() for i in self.items],
-        }
-
-
-@dataclass(frozen=True)
-class MessageView:
-    id: str
-    direction: str
-    text: str
-    sent_at: datetime
-    delivery_state: str
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "direction": self.direction,
-            "text": self.text,
-            "sent_at": self.sent_at.isoformat(),
-            "delivery_state": self.delivery_state,
-        }
-
-
-@dataclass(frozen=True)
-class EarlierCaseView:
-    id: str
-    submitted_at: datetime
-    status: str
-    chief_complaint: str
-    body_site: str
-    photo_count: int
-
-
-@dataclass(frozen=True)
-class CaseDetail:
-    id: str
-    case_number: str | None
-    status: str
-    priority: str
-    chief_complaint: str
-    body_site: str
-    description: str
-    submitted_at: datetime
-    updated_at: datetime
-    assignee: str | None
-    incomplete_reason: str | None
-    portal_task_id: str | None
-    portal_task_version: str | None
-    portal_service_request_id: str | None
-    patient: PatientView
-    photos: tuple[PhotoView, ...]
-    questionnaire: tuple[QuestionView, ...]
-    messages: tuple[MessageView, ...]
-    earlier_cases: tuple[EarlierCaseView, ...] = field(default=())
-
-    @property
-    def status_label(self) -> str:
-        return STATUS_LABELS.get(self.status, self.status)
-
-    @property
-    def priority_label(self) -> str:
-        return PRIORITY_LABELS.get(self.priority, self.priority)
-
-    def as_json(self) -> dict[str, Any]:
-        p = self.patient
-        return {
-            "id": self.id,
-            "case_number": self.case_number,
-            "status": self.status,
-            "priority": self.priority,
-            "chief_complaint": self.chief_complaint,
-            "body_site": self.body_site,
-            "description": self.description,
-            "submitted_at": self.submitted_at.isoformat(),
-            "updated_at": self.updated_at.isoformat(),
-            "assignee": self.assignee,
-            "incomplete_reason": self.incomplete_reason,
-            "portal": {
-                "task_id": self.portal_task_id,
-                "task_version": self.portal_task_version,
-                "service_request_id": self.portal_service_request_id,
-                "patient_id": p.portal_id,
-            },
-            "patient": {
-                "id": p.id,
-                "name": p.name,
-                "identifier": p.identifier,
-                "birth_date": p.birth_date.isoformat() if p.birth_date else None,
-                "age_years": p.age_years,
-                "sex": p.sex,
-            },
-            "questionnaire": [q.as_json() for q in self.questionnaire],
-            "messages": [m.as_json() for m in self.messages],
-            "photos": [ph.as_json() for ph in self.photos],
-            "earlier_cases": [
-                {
-                    "id": e.id,
-                    "submitted_at": e.submitted_at.isoformat(),
-                    "status": e.status,
-                    "chief_complaint": e.chief_complaint,
-                    "body_site": e.body_site,
-                    "photo_count": e.photo_count,
-                }
-                for e in self.earlier_cases
-            ],
-        }
 
 
 def _photo_view(ph: Photo) -> PhotoView:

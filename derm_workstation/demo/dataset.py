@@ -303,10 +303,6 @@ class _Story:
     messages: list[DemoMessage] = field(default_factory=list)
 
 
-def _age(birth: date, on: date) -> int:
-    return on.year - birth.year - ((on.month, on.day) < (birth.month, birth.day))
-
-
 def _pron(p: DemoPatient) -> tuple[str, str, str]:
     if p.sex == "female":
         return "daughter", "she", "her"

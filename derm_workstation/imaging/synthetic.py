@@ -302,11 +302,9 @@ class _Scene:
         self.img: FloatArray = np.zeros((self.h, self.w, 3), dtype=np.float32)
         self.illum: FloatArray = np.ones((self.h, self.w), dtype=np.float32)
         self.reference: ReferenceTruth | None = None
+        self.ref_side: tuple[float, float] | None = None  # where the reference will go
 
     # ---- geometry helpers
-
-    def mm(self, v: float) -> float:
-        return v * self.ppm
 
     def box(self, cx: float, cy: float, rx: float, ry: float | None = None) -> _Box | None:
         ry = rx if ry is None else ry
@@ -610,12 +608,21 @@ def _pigmented(sc: _Scene, cx: float, cy: float, diam_mm: float, sev: float,
     var = _noise_sum(rng, bh, bw, ((max(1.4 * ppm, 2.0), 0.1 + 0.45 * sev),
                                    (max(0.5 * ppm, 2.0), 0.05 + 0.15 * sev)))
     mel = m0 * profile * np.exp(var)
-    mesh = 0.32 * ppm  # pigment network: brown lines around paler holes ~0.3 mm apart
+    mesh = 0.35 * ppm  # pigment network: brown lines around paler holes, ~0.35 mm apart
     if mesh >= 4.0:
-        f = _noise(rng, bh, bw, mesh)
-        net = _ridges(f, 1.1)
-        na = (0.55 if sc.spec.dermoscopic else 0.25) * detail
-        mel *= 1.0 + na * (net - 0.45) * np.clip(1.25 - rho, 0, 1)
+        # three warped line families 60 degrees apart give a honeycomb-like reticulum,
+        # regular in a banal naevus and distorted in an atypical lesion
+        net = np.zeros((bh, bw), dtype=np.float32)
+        a0 = rng.uniform(0, math.pi)
+        for k in range(3):
+            a = a0 + k * math.pi / 3 + rng.normal(0, 0.08)
+            u = (dx * math.cos(a) + dy * math.sin(a)) * (math.pi / mesh)
+            u = u + _noise(rng, bh, bw, 2.0 * mesh) * (0.5 + 1.5 * sev)
+            np.maximum(net, _ridges(np.sin(u).astype(np.float32), 0.8), out=net)
+        na = (0.5 if sc.spec.dermoscopic else 0.25) * detail
+        fade = np.clip(1.2 - rho, 0, 1) * np.clip(0.6 + 0.5 * _noise(rng, bh, bw, 3 * mesh),
+                                                  0, 1)
+        mel *= 1.0 + na * (net - 0.4) * fade
     # dots and globules, more and more eccentric with severity
     pts: list[tuple[float, float, float, float]] = []
     n_dots = int(rng.integers(0, 4) + (30 * sev**1.4 + 4 * sev) * detail)
@@ -1074,7 +1081,7 @@ def _place_reference(sc: _Scene, radius_px: float) -> tuple[float, float]:
         # people put the reference near the lesion: prefer the closest ring of free spots
         d = dist[ok]
         near = cand[d <= float(d.min()) + max(12.0 * sc.ppm, 3 * radius_px)]
-        side = getattr(sc, "ref_side", None)
+        side = sc.ref_side
         if side is not None and len(near) > 1:
             score = (near[:, 1] - sc.w / 2) * side[0] + (near[:, 0] - sc.h / 2) * side[1]
             near = near[score >= np.quantile(score, 0.5)]

@@ -1,4 +1,10 @@
-"""Starting the GUI: application, theme, workspace, main window, demo, screenshot."""
+"""Starting the GUI: application, theme, window first, then the store on the DB lane.
+
+The window appears before the database libraries are even imported: opening
+(and if needed backing up and migrating) the local store runs on the database
+lane, and the window is attached to it when it is ready. A store that cannot be
+opened is reported in plain words and the app exits with the CLI's exit code.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +12,22 @@ import logging
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QObject, QSettings, QTimer, Signal
-from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QApplication, QMessageBox
 
 from derm_workstation import __version__
 from derm_workstation.core.errors import DermError
-from derm_workstation.core.services import CaseService
-from derm_workstation.core.users import local_actor
-from derm_workstation.core.workspace import Workspace
 from derm_workstation.qt.build_ui import ensure_forms
+
+if TYPE_CHECKING:
+    from derm_workstation.core.services import CaseService
+    from derm_workstation.core.workspace import Workspace
+    from derm_workstation.qt.main_window import QtMainWindow
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +44,9 @@ class GuiOptions:
     screenshot: Path | None = None
     throwaway: bool = False  # delete data_dir when the app exits (plain --demo)
     demo_cache: Path | None = None
+    #: Called once the window is interactive (event loop running), then once ready.
+    on_interactive: Callable[[], None] | None = None
+    quit_when_ready: bool = False
 
 
 class QtProgressRelay(QObject):
@@ -44,7 +56,7 @@ class QtProgressRelay(QObject):
 
 
 def _headless() -> bool:
-    return os.environ.get("QT_QPA_PLATFORM", "") in ("offscreen", "minimal")
+    return os.environ.get("QT_QPA_PLATFORM", "").startswith(("offscreen", "minimal"))
 
 
 def make_application() -> QApplication:
@@ -66,63 +78,85 @@ def apply_theme(app: QApplication) -> None:
     app.setWindowIcon(icon("app"))
 
 
-def _report_startup_error(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    if not _headless() and QGuiApplication.instance() is not None:
-        QMessageBox.critical(None, "Derm Review Workstation", message)
+def open_store(opts: GuiOptions) -> tuple[Workspace, CaseService]:
+    """Runs on the database lane: import the database stack, open and migrate the store."""
+    from derm_workstation.core.services import CaseService
+    from derm_workstation.core.users import local_actor
+    from derm_workstation.core.workspace import Workspace, configure_logging
+
+    ws = Workspace.open(opts.data_dir, opts.db_url)
+    configure_logging(ws.paths)
+    return ws, CaseService(ws, local_actor())
 
 
 def run_gui(opts: GuiOptions) -> int:
     """Run the workstation window; returns the process exit code."""
     ensure_forms()
     app = make_application()
-    try:
-        workspace = Workspace.open(opts.data_dir, opts.db_url)
-    except DermError as exc:
-        _report_startup_error(exc.message)
-        return exc.exit_code
-
-    from derm_workstation.core.workspace import configure_logging
     from derm_workstation.qt.main_window import QtMainWindow
     from derm_workstation.qt.tasks import QtTaskManager
 
-    configure_logging(workspace.paths)
     install_excepthook()
     tasks = QtTaskManager()
-    service = CaseService(workspace, local_actor())
-    window = QtMainWindow(workspace, service, tasks, QSettings())
-    exit_code = {"value": 0}
+    window = QtMainWindow(tasks, QSettings())
+    state: dict[str, object] = {"code": 0, "workspace": None}
+
+    def finish(code: int) -> None:
+        state["code"] = code
+        app.exit(code)
+
+    def store_failed(exc: BaseException) -> None:
+        message = exc.message if isinstance(exc, DermError) else (
+            "The local store could not be opened; details are in the log file.")
+        if not isinstance(exc, DermError):
+            log.error("opening the store failed", exc_info=exc)
+        print(f"error: {message}", file=sys.stderr)
+        if not _headless():
+            QMessageBox.critical(window, "Derm Review Workstation", message)
+        finish(exc.exit_code if isinstance(exc, DermError) else 1)
+
+    def store_ready(result: tuple[Workspace, CaseService]) -> None:
+        workspace, service = result
+        state["workspace"] = workspace
+        window.attach(workspace, service)
+        if opts.demo:
+            start_demo_seed(window, workspace, opts)
+        else:
+            window.refresh()
 
     if opts.screenshot is not None:
         target = opts.screenshot
 
         def grab() -> None:
             window.repaint()
-            ok = window.grab().save(str(target))
-            if not ok:
+            if not window.grab().save(str(target)):
                 print(f"error: could not write the screenshot to {target}", file=sys.stderr)
-                exit_code["value"] = 1
-            app.exit(exit_code["value"])
-
-        def too_slow() -> None:
-            print("error: the window did not finish loading in time", file=sys.stderr)
-            exit_code["value"] = 1
-            app.exit(1)
+                finish(1)
+            else:
+                finish(0)
 
         window.ready.connect(lambda: QTimer.singleShot(300, grab))
-        QTimer.singleShot(SCREENSHOT_TIMEOUT_MS, too_slow)
+    if opts.quit_when_ready:
+        window.ready.connect(lambda: finish(0))
+    if opts.screenshot is not None or opts.quit_when_ready:
+        def too_slow() -> None:
+            print("error: the window did not finish loading in time", file=sys.stderr)
+            finish(1)
 
-    if opts.demo:
-        start_demo_seed(window, workspace, opts)
-    else:
-        window.refresh()
+        QTimer.singleShot(SCREENSHOT_TIMEOUT_MS, too_slow)
+    if opts.on_interactive is not None:
+        QTimer.singleShot(0, opts.on_interactive)
+
     window.show()
+    tasks.run_db(lambda: open_store(opts), store_ready, store_failed)
     code = app.exec()
     tasks.shutdown(wait=True)
-    workspace.close()
+    ws = state["workspace"]
+    if ws is not None:
+        ws.close()  # type: ignore[attr-defined]
     if opts.throwaway and opts.data_dir is not None:
         shutil.rmtree(opts.data_dir, ignore_errors=True)
-    return exit_code["value"] or code
+    return int(state["code"]) or code  # type: ignore[call-overload]
 
 
 def install_excepthook() -> None:
@@ -140,12 +174,8 @@ def install_excepthook() -> None:
     sys.excepthook = hook
 
 
-def start_demo_seed(window: object, workspace: Workspace, opts: GuiOptions) -> None:
+def start_demo_seed(window: QtMainWindow, workspace: Workspace, opts: GuiOptions) -> None:
     """Seed the demo cases on the database lane, showing progress and cases as they land."""
-    from derm_workstation.demo.seed import seed_demo
-    from derm_workstation.qt.main_window import QtMainWindow
-
-    assert isinstance(window, QtMainWindow)
     relay = QtProgressRelay(window)
 
     def on_progress(done: int, total: int) -> None:
@@ -156,6 +186,8 @@ def start_demo_seed(window: object, workspace: Workspace, opts: GuiOptions) -> N
     relay.progressed.connect(on_progress)
 
     def work() -> object:
+        from derm_workstation.demo.seed import seed_demo
+
         return seed_demo(
             workspace,
             n_cases=opts.demo_cases,

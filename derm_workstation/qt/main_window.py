@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QByteArray, QItemSelection, QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QKeyEvent, QKeySequence, QShortcut
@@ -26,10 +27,7 @@ from PySide6.QtWidgets import (
 
 from derm_workstation.core.errors import DermError
 from derm_workstation.core.notify import Notification, notifier
-from derm_workstation.core.queue import QueueCounts, QueueQuery
-from derm_workstation.core.services import CaseDetail, CaseService
-from derm_workstation.core.workspace import Workspace
-from derm_workstation.imaging.thumbnails import ThumbnailCache
+from derm_workstation.core.views import CaseDetail, QueueCounts, QueueQuery
 from derm_workstation.qt.dialogs.qt_about import QtAboutDialog
 from derm_workstation.qt.dialogs.qt_errors import show_error, user_message
 from derm_workstation.qt.forms.filter_bar import Ui_FilterBar
@@ -43,6 +41,10 @@ from derm_workstation.qt.models.qt_queue_model import (
 )
 from derm_workstation.qt.tasks import QtTaskManager
 from derm_workstation.qt.widgets.qt_case_panel import QtCasePanel
+
+if TYPE_CHECKING:
+    from derm_workstation.core.services import CaseService
+    from derm_workstation.core.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +93,14 @@ class QtMainWindow(QMainWindow):
     #: Core notifications, re-emitted on the GUI thread.
     _notes = Signal(object)
 
-    def __init__(self, workspace: Workspace, service: CaseService, tasks: QtTaskManager,
-                 settings: QSettings | None = None) -> None:
+    def __init__(self, tasks: QtTaskManager, settings: QSettings | None = None) -> None:
+        """The window opens before the local store: ``attach`` connects it once open."""
         super().__init__()
         self.setObjectName("mainWindow")
         self.setAccessibleName("Derm Review Workstation")
         self.setWindowTitle("Derm Review Workstation")
-        self.workspace = workspace
-        self.service = service
+        self.workspace: Workspace | None = None
+        self.service: CaseService | None = None
         self.tasks = tasks
         self.settings = settings or QSettings()
         self._busy_message = ""
@@ -107,7 +109,7 @@ class QtMainWindow(QMainWindow):
         self._pending_select: str | None = None
         self._requested_case: str | None = None
 
-        self.model = QtQueueModel(service, tasks)
+        self.model = QtQueueModel(tasks)
         self.model.loaded.connect(self._on_queue_loaded)
         self.model.failed.connect(self._on_error)
 
@@ -155,8 +157,7 @@ class QtMainWindow(QMainWindow):
         self.table.selectionModel().selectionChanged.connect(self._on_selection_changed)
         self.table.activated_with_keyboard.connect(self._open_selected_photos)
 
-        self.thumbs = ThumbnailCache(workspace.paths.cache / "thumbnails")
-        self.case_panel = QtCasePanel(service, tasks, self.thumbs, self)
+        self.case_panel = QtCasePanel(tasks, self)
         self.case_panel.setObjectName("casePanel")
         self.case_panel.photo_shown.connect(self._on_photo_shown)
         self.case_panel.open_case_requested.connect(self.open_case)
@@ -215,7 +216,7 @@ class QtMainWindow(QMainWindow):
 
     def _build_status_bar(self) -> None:
         sb = self.statusBar()
-        self.location_label = QLabel(f"Data: {self.workspace.location}")
+        self.location_label = QLabel("Opening the local store…")
         self.location_label.setObjectName("locationLabel")
         self.location_label.setAccessibleName("Data location")
         self.counts_label = QLabel("")
@@ -229,6 +230,16 @@ class QtMainWindow(QMainWindow):
         sb.addWidget(self.location_label, 1)
         sb.addPermanentWidget(self.progress)
         sb.addPermanentWidget(self.counts_label)
+
+    def attach(self, workspace: Workspace, service: CaseService) -> None:
+        """Connect the window to the opened store and start loading the queue."""
+        from derm_workstation.imaging.thumbnails import ThumbnailCache
+
+        self.workspace = workspace
+        self.service = service
+        self.model.attach(service)
+        self.case_panel.attach(service, ThumbnailCache(workspace.paths.cache / "thumbnails"))
+        self.location_label.setText(f"Data: {workspace.location}")
 
     # -- geometry -------------------------------------------------------------------------------
     def _restore_geometry(self) -> None:
@@ -277,7 +288,8 @@ class QtMainWindow(QMainWindow):
         self.refresh_counts()
 
     def refresh_counts(self) -> None:
-        self.tasks.run_db(self.service.counts, self._on_counts, self._on_error)
+        if self.service is not None:
+            self.tasks.run_db(self.service.counts, self._on_counts, self._on_error)
 
     def _on_counts(self, counts: QueueCounts) -> None:
         new = counts.by_status.get("requested", 0)
@@ -323,8 +335,11 @@ class QtMainWindow(QMainWindow):
 
     def open_case(self, case_id: str) -> None:
         """Load a case's details on the database lane and show them."""
+        service = self.service
+        if service is None:
+            return
         self._requested_case = case_id
-        self.tasks.run_db(lambda: self.service.case_detail(case_id), self._show_detail,
+        self.tasks.run_db(lambda: service.case_detail(case_id), self._show_detail,
                           self._on_error)
 
     def _show_detail(self, detail: CaseDetail) -> None:
@@ -388,7 +403,8 @@ class QtMainWindow(QMainWindow):
         show_error(self, exc)
 
     def show_about(self) -> None:
-        dlg = QtAboutDialog(self.workspace.location, self)
+        location = self.workspace.location if self.workspace else "not open yet"
+        dlg = QtAboutDialog(location, self)
         dlg.setObjectName("aboutDialog")
         dlg.open()
 

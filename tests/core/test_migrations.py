@@ -277,3 +277,13 @@ def test_offline_postgresql_script_is_portable(capsys: pytest.CaptureFixture[str
             assert f"CREATE {unique}INDEX {index.name} ON {table.name} " in sql
     stamps = re.findall(r"(?:INSERT INTO|UPDATE) alembic_version [^;]*?'([^']+)'", sql)
     assert stamps and stamps[-1] == head_revision()
+
+
+def test_the_revision_list_the_app_reads_matches_the_scripts() -> None:
+    """core.migrations.REVISIONS lets the app skip importing Alembic at start-up;
+    it must list exactly the Alembic scripts, oldest first."""
+    from derm_workstation.core.db import script_revisions
+    from derm_workstation.core.migrations import HEAD, REVISIONS
+
+    assert script_revisions() == REVISIONS
+    assert REVISIONS[-1] == HEAD

@@ -47,11 +47,12 @@ def case_ids(ws: Workspace) -> dict[str, str]:
 def window(qtbot, qapp, ws: Workspace, case_ids: dict[str, str]) -> Iterator[QtMainWindow]:
     apply_theme(qapp)
     tasks = QtTaskManager()
-    win = QtMainWindow(ws, CaseService(ws, local_actor()), tasks, QSettings())
+    win = QtMainWindow(tasks, QSettings())
     qtbot.addWidget(win)
     with qtbot.waitSignal(win.ready, timeout=TIMEOUT):
-        win.refresh()
         win.show()
+        win.attach(ws, CaseService(ws, local_actor()))
+        win.refresh()
     yield win
     win.close()
     tasks.shutdown()
@@ -192,7 +193,7 @@ def test_geometry_is_remembered(qtbot, qapp, window: QtMainWindow, ws: Workspace
     window.resize(1111, 777)
     window.close()
     tasks = QtTaskManager()
-    again = QtMainWindow(ws, CaseService(ws, local_actor()), tasks, QSettings())
+    again = QtMainWindow(tasks, QSettings())
     qtbot.addWidget(again)
     try:
         assert (again.width(), again.height()) == (1111, 777)

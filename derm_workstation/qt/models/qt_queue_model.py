@@ -11,14 +11,16 @@ a queue of 100,000 cases costs the same as one of 100.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt, Signal
 from PySide6.QtGui import QBrush, QColor, QFont
 
-from derm_workstation.core.queue import QueueQuery, QueueRow
-from derm_workstation.core.services import CaseService
+from derm_workstation.core.views import QueueQuery, QueueRow
 from derm_workstation.qt.tasks import QtTaskManager
+
+if TYPE_CHECKING:
+    from derm_workstation.core.services import CaseService
 
 PAGE = 200
 
@@ -68,7 +70,7 @@ class QtQueueModel(QAbstractTableModel):
     #: Emitted when a query failed (argument: the exception).
     failed = Signal(object)
 
-    def __init__(self, service: CaseService, tasks: QtTaskManager) -> None:
+    def __init__(self, tasks: QtTaskManager, service: CaseService | None = None) -> None:
         super().__init__()
         self._service = service
         self._tasks = tasks
@@ -89,12 +91,19 @@ class QtQueueModel(QAbstractTableModel):
         self._query = query
         self.reload()
 
+    def attach(self, service: CaseService) -> None:
+        """Connect to the opened store (the window exists before the store is open)."""
+        self._service = service
+
     def reload(self) -> None:
+        service = self._service
+        if service is None:
+            return
         self._generation += 1
         gen = self._generation
         q = self._query
         self._tasks.run_db(
-            lambda: self._service.queue_first_page(q, PAGE),
+            lambda: service.queue_first_page(q, PAGE),
             lambda result: self._first_page_loaded(gen, *result),
             self.failed.emit,
         )
@@ -110,13 +119,14 @@ class QtQueueModel(QAbstractTableModel):
         self.loaded.emit(total)
 
     def _request_page(self, page: int) -> None:
-        if page in self._pages_requested:
+        service = self._service
+        if page in self._pages_requested or service is None:
             return
         self._pages_requested.add(page)
         gen = self._generation
         q = self._query
         self._tasks.run_db(
-            lambda: self._service.queue_page(q, page * PAGE, PAGE),
+            lambda: service.queue_page(q, page * PAGE, PAGE),
             lambda rows: self._page_loaded(gen, page, rows),
             self.failed.emit,
         )

@@ -10,18 +10,21 @@ from __future__ import annotations
 import html
 import logging
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QColor, QIcon, QImage, QPainter, QPixmap
 from PySide6.QtWidgets import QListWidgetItem, QSizePolicy, QTreeWidgetItem, QWidget
 
 from derm_workstation.core.errors import DermError
-from derm_workstation.core.services import CaseDetail, CaseService, PhotoView, QuestionView
-from derm_workstation.imaging.decode import decode_image
-from derm_workstation.imaging.thumbnails import ThumbnailCache
+from derm_workstation.core.views import CaseDetail, PhotoView, QuestionView
 from derm_workstation.qt.forms.case_panel import Ui_CasePanel
 from derm_workstation.qt.models.qt_queue_model import waiting_text
 from derm_workstation.qt.tasks import QtTaskManager
+
+if TYPE_CHECKING:
+    from derm_workstation.core.services import CaseService
+    from derm_workstation.imaging.thumbnails import ThumbnailCache
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +69,13 @@ class QtCasePanel(QWidget):
     #: The clinician asked to open another case (an earlier visit): its id.
     open_case_requested = Signal(str)
 
-    def __init__(self, service: CaseService, tasks: QtTaskManager,
-                 thumbs: ThumbnailCache, parent: QWidget | None = None) -> None:
+    def __init__(self, tasks: QtTaskManager, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.ui = Ui_CasePanel()
         self.ui.setupUi(self)
-        self._service = service
+        self._service: CaseService | None = None
+        self._thumbs: ThumbnailCache | None = None
         self._tasks = tasks
-        self._thumbs = thumbs
         self._detail: CaseDetail | None = None
         self._photo_by_id: dict[str, PhotoView] = {}
         self._shown_photo: str | None = None
@@ -102,6 +104,11 @@ class QtCasePanel(QWidget):
         self.setEnabled(False)
 
     # -- public -----------------------------------------------------------------------------
+    def attach(self, service: CaseService, thumbs: ThumbnailCache) -> None:
+        """Connect to the opened store (the window exists before the store is open)."""
+        self._service = service
+        self._thumbs = thumbs
+
     @property
     def detail(self) -> CaseDetail | None:
         return self._detail
@@ -240,14 +247,18 @@ class QtCasePanel(QWidget):
 
     # -- background work (image pool) -------------------------------------------------------
     def _load_thumbnail(self, sha: str) -> QImage:
-        data = self._thumbs.get_or_create(sha, THUMB_SIZE,
-                                          lambda: self._service.photo_bytes(sha))
+        service, thumbs = self._service, self._thumbs
+        assert service is not None and thumbs is not None
+        data = thumbs.get_or_create(sha, THUMB_SIZE, lambda: service.photo_bytes(sha))
         img = QImage.fromData(data)
         if img.isNull():
             raise DermError("The thumbnail could not be made.")
         return img
 
     def _load_photo(self, sha: str) -> QImage:
+        from derm_workstation.imaging.decode import decode_image
+
+        assert self._service is not None
         return pil_to_qimage(decode_image(self._service.photo_bytes(sha), max_size=DISPLAY_MAX))
 
     # -- results (GUI thread) ----------------------------------------------------------------
