@@ -1,0 +1,58 @@
+"""``case show``: one case from the command line."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+from derm_workstation.commands import Context, open_workspace, print_json
+
+
+def register(sub: Any, ctx: Context) -> None:
+    actions = ctx.group(sub, "case", "one case")
+    cs = actions.add_parser("show", help="show a case", parents=[ctx.store])
+    cs.add_argument("case_id", metavar="ID", help="case id (from 'queue list'), or case number")
+    cs.add_argument("--json", action="store_true", help="print JSON")
+    cs.set_defaults(func=cmd_case_show)
+
+
+def _print_questions(items: Sequence[Any], indent: int = 2) -> None:
+    for q in items:
+        answer = "; ".join(q.answers)
+        print(" " * indent + (f"{q.text}: {answer}" if answer else q.text))
+        _print_questions(q.items, indent + 2)
+
+
+def cmd_case_show(args: argparse.Namespace) -> int:
+    from derm_workstation.core.services import CaseService
+    from derm_workstation.core.users import local_actor
+
+    ws = open_workspace(args)
+    try:
+        d = CaseService(ws, local_actor()).case_detail(args.case_id)
+    finally:
+        ws.close()
+    if args.json:
+        print_json(d.as_json())
+        return 0
+    p = d.patient
+    print(f"Case {d.case_number or d.id}  ({d.id})")
+    print(f"  Patient:   {p.name}, {p.age_years} y, {p.sex}, {p.identifier or 'no identifier'}")
+    print(f"  Status:    {d.status_label}   Priority: {d.priority_label}")
+    print(f"  Submitted: {d.submitted_at:%Y-%m-%d %H:%M} UTC")
+    print(f"  Complaint: {d.chief_complaint}   Site: {d.body_site}")
+    if d.incomplete_reason:
+        print(f"  Incomplete from portal: {d.incomplete_reason}")
+    print(f"  Description: {d.description}")
+    if d.questionnaire:
+        print("  Questionnaire:")
+        _print_questions(d.questionnaire, 4)
+    for m in d.messages:
+        who = "patient" if m.direction == "inbound" else "clinic"
+        print(f"  Message ({who}, {m.sent_at:%Y-%m-%d %H:%M}): {m.text}")
+    for ph in d.photos:
+        print(f"  Photo {ph.sha256[:12]}  {ph.width}x{ph.height}  {ph.body_site}  {ph.title}")
+    for e in d.earlier_cases:
+        print(f"  Earlier: {e.id}  {e.submitted_at:%Y-%m-%d}  {e.status}  {e.chief_complaint}")
+    return 0
