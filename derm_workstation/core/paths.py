@@ -60,6 +60,17 @@ class DataPaths:
     def settings_file(self) -> Path:
         return self.root / "settings.json"
 
+    def _probe_write(self) -> None:
+        """Really try to write (permission bits do not stop root; a read-only mount does)."""
+        import tempfile
+
+        try:
+            fd, name = tempfile.mkstemp(prefix=".write-test-", dir=self.root)
+        except OSError as exc:
+            raise _read_only(self.root) from exc
+        os.close(fd)
+        os.unlink(name)
+
     def database_url(self) -> str:
         return "sqlite:///" + self.database.as_posix()
 
@@ -74,11 +85,7 @@ class DataPaths:
         if not self.root.is_dir():
             raise DataDirError(f"The data folder {self.root} is not a folder.")
         if writable:
-            if not os.access(self.root, os.W_OK | os.X_OK):
-                raise DataDirError(
-                    f"The data folder {self.root} is read-only. "
-                    "Choose a folder you can write to with --data-dir."
-                )
+            self._probe_write()
             for sub in (self.images, self.cache, self.backups, self.logs):
                 try:
                     sub.mkdir(exist_ok=True)
@@ -87,6 +94,13 @@ class DataPaths:
                         f"Cannot create {sub}: {exc.strerror or exc}."
                     ) from exc
         return self
+
+
+def _read_only(root: Path) -> DataDirError:
+    return DataDirError(
+        f"The data folder {root} is read-only. Nothing was changed. "
+        "Choose a folder you can write to with --data-dir."
+    )
 
 
 def resolve_data_paths(data_dir: str | os.PathLike[str] | None = None) -> DataPaths:

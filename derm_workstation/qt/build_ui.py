@@ -17,11 +17,9 @@ FORMS_DIR = PACKAGE_DIR / "forms"
 
 
 def ui_source_dir() -> Path | None:
-    """``ui/`` in a source checkout, or the copy bundled in a wheel."""
-    for candidate in (PACKAGE_DIR.parent.parent / "ui", PACKAGE_DIR.parent / "_ui"):
-        if candidate.is_dir():
-            return candidate
-    return None
+    """``ui/`` in a source checkout; None in an installed wheel (forms ship compiled)."""
+    candidate = PACKAGE_DIR.parent.parent / "ui"
+    return candidate if candidate.is_dir() else None
 
 
 def _uic() -> list[str]:

@@ -162,3 +162,30 @@ def test_demo_seed_then_screenshot_then_cli(tmp_path: Path) -> None:
     # seeding again leaves the kept folder alone
     r = cli("--data-dir", str(d), "demo", "seed", "--cases", "4", "--json")
     assert json.loads(r.stdout)["skipped"] is True
+
+
+def test_gui_start_on_a_damaged_database_reports_and_exits(tmp_path: Path) -> None:
+    """The window opens first; the store fails to open on the database lane; the app
+    says why in one line and exits 1, writing no screenshot and changing nothing."""
+    bad = tmp_path / "derm.sqlite3"
+    bad.write_bytes(b"\x00garbage, not sqlite" * 50)
+    before = bad.read_bytes()
+    png = tmp_path / "shot.png"
+    r = cli("--data-dir", str(tmp_path), "--screenshot", str(png))
+    assert r.returncode == 1, r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "not a derm workstation database" in errors[0].lower()
+    assert "Traceback" not in r.stderr
+    assert not png.exists()
+    assert bad.read_bytes() == before
+
+
+def test_plain_demo_uses_a_throwaway_folder(tmp_path: Path) -> None:
+    png = tmp_path / "demo.png"
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    r = cli("--demo", "--demo-cases", "2", "--screenshot", str(png),
+            env={"TMPDIR": str(tmpdir)}, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert png.stat().st_size > 10_000
+    assert list(tmpdir.glob("derm-demo-*")) == []  # removed on exit

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import platformdirs
@@ -183,3 +184,38 @@ def test_a_folder_that_cannot_be_created_is_refused(tmp_path: Path) -> None:
             resolve_data_paths(parent / "data").ensure()
     finally:
         parent.chmod(0o755)
+
+
+@pytest.fixture
+def read_only_mount(tmp_path: Path):
+    """A real read-only file system (tmpfs mounted ro); skipped where we may not mount."""
+    import shutil
+    import subprocess
+
+    if sys.platform != "linux" or os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("needs root on Linux to mount a read-only tmpfs")
+    target = tmp_path / "ro"
+    target.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(target)],
+                       capture_output=True)
+    if r.returncode != 0:
+        pytest.skip("this sandbox does not allow mounting")
+    try:
+        yield target
+    finally:
+        subprocess.run(["umount", str(target)], check=False)
+
+
+def test_a_read_only_file_system_is_reported(read_only_mount: Path) -> None:
+    with pytest.raises(DataDirError, match="read-only"):
+        DataPaths(read_only_mount).ensure()
+
+
+def test_cli_on_a_read_only_data_dir_says_so_and_exits_1(read_only_mount: Path) -> None:
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-m", "derm_workstation", "--data-dir",
+                        str(read_only_mount), "queue", "list"], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert r.stderr.startswith("error: ") and "read-only" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
