@@ -71,3 +71,18 @@ def corrupt_first_photo(ws: Workspace, case_id: str) -> str:
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
     return sha
+
+
+def bulk_cases(ws: Workspace, n: int) -> list[str]:
+    """n routine 'requested' cases, one minute apart (oldest first); returns their ids."""
+    with ws.db.session() as s:
+        p = intake.upsert_patient(s, identifier="MRN-BULK", family_name="Bulk",
+                                  given_name="Patient", birth_date=date(1980, 1, 1), sex="female")
+        ids = []
+        for i in range(n):
+            c = intake.add_case(s, SYSTEM, p, status="requested", priority="routine",
+                                chief_complaint=f"Complaint {i:04d}", body_site="Arm",
+                                description="", submitted_at=NOW - timedelta(minutes=n - i),
+                                case_number=f"TD-BULK-{i:05d}")
+            ids.append(c.id)
+    return ids
