@@ -30,6 +30,7 @@ from derm_workstation.core.models import (
     QuestionnaireAnswer,
     QuestionnaireItem,
     QuestionnaireResponse,
+    new_id,
 )
 from derm_workstation.core.users import Actor
 from derm_workstation.imaging.probe import probe_bytes
@@ -149,14 +150,41 @@ def add_photo(
     """Store the bytes (content-addressed) and the photo's metadata; bumps the case count."""
     facts = probe_bytes(data)
     sha = images.put_bytes(data)
+    return add_stored_photo(
+        s, case, sha256=sha, content_type=facts.content_type, byte_size=len(data),
+        width=facts.width, height=facts.height, body_site=body_site, title=title,
+        taken_at=taken_at, source=source, portal_media_id=portal_media_id,
+    )
+
+
+def add_stored_photo(
+    s: Session,
+    case: Case,
+    *,
+    sha256: str,
+    content_type: str,
+    byte_size: int,
+    width: int,
+    height: int,
+    body_site: str = "",
+    title: str = "",
+    taken_at: datetime | None = None,
+    source: str = "portal",
+    portal_media_id: str | None = None,
+    flush: bool = True,
+) -> Photo:
+    """Record a photo already in the image store (streamed there by portal sync).
+
+    ``flush=False`` lets a caller adding several photos flush once at the end.
+    """
     photo = Photo(
         case=case,
         position=case.photo_count,
-        sha256=sha,
-        content_type=facts.content_type,
-        byte_size=len(data),
-        width=facts.width,
-        height=facts.height,
+        sha256=sha256,
+        content_type=content_type,
+        byte_size=byte_size,
+        width=width,
+        height=height,
         body_site=body_site,
         title=title,
         taken_at=taken_at,
@@ -165,7 +193,8 @@ def add_photo(
     )
     s.add(photo)
     case.photo_count += 1
-    s.flush()
+    if flush:
+        s.flush()
     return photo
 
 
@@ -200,14 +229,15 @@ def add_questionnaire(
     portal_id: str | None = None,
 ) -> QuestionnaireResponse:
     """Store a questionnaire response with nested items, keeping their order."""
-    qr = QuestionnaireResponse(case=case, title=title, authored_at=authored_at,
+    qr = QuestionnaireResponse(id=new_id(), case=case, title=title, authored_at=authored_at,
                                portal_id=portal_id)
     s.add(qr)
-    s.flush()
 
+    # Ids are assigned here, so the whole tree is written with a single flush.
     def add_items(items: Sequence[QuestionLike], parent: QuestionnaireItem | None) -> None:
         for pos, q in enumerate(items):
             item = QuestionnaireItem(
+                id=new_id(),
                 response_id=qr.id,
                 parent_id=parent.id if parent else None,
                 position=pos,
@@ -216,10 +246,10 @@ def add_questionnaire(
             )
             item.answers = [_answer(a, i) for i, a in enumerate(q.answers)]
             s.add(item)
-            s.flush()
             add_items(q.items, item)
 
     add_items(questions, None)
+    s.flush()
     return qr
 
 

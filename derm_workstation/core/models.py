@@ -103,6 +103,9 @@ class Patient(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     cases: Mapped[list[Case]] = relationship(back_populates="patient", passive_deletes="all")
+    allergies: Mapped[list[Allergy]] = relationship(
+        back_populates="patient", order_by="Allergy.substance", cascade="all, delete-orphan"
+    )
 
     __table_args__ = (
         Index("ix_patients_family_given", "family_name", "given_name"),
@@ -141,6 +144,20 @@ class Case(Base):
     assignee: Mapped[str | None] = mapped_column(String(200))
     #: Set when the portal sent a case whose required parts were missing or malformed.
     incomplete_reason: Mapped[str | None] = mapped_column(Text)
+    #: Task.owner as the portal has it (reference, identifier or display), for comparison.
+    portal_owner: Mapped[str | None] = mapped_column(String(200))
+    portal_business_status: Mapped[str | None] = mapped_column(String(200))
+    #: Task.note texts (staff notes on the portal side).
+    portal_note: Mapped[str | None] = mapped_column(Text)
+    #: A sentence for the banner of an open case: cancelled, claimed or completed
+    #: elsewhere, or a claim that conflicted (412). Cleared when the clinician retries.
+    portal_notice: Mapped[str | None] = mapped_column(Text)
+    #: The workstation's claim: None, "pending" (queued), "claimed", "conflict",
+    #: "elsewhere" (someone else holds it on the portal).
+    claim_state: Mapped[str | None] = mapped_column(String(16))
+    #: Set when the last pull of this case could not fetch everything (a photo failed
+    #: verification); the next sync fetches the case again.
+    portal_sync_error: Mapped[str | None] = mapped_column(Text)
     photo_count: Mapped[int] = mapped_column(Integer, default=0)
     #: Lower-cased patient name, case number, complaint and body site for queue search.
     search_text: Mapped[str] = mapped_column(Text, default="")
@@ -309,6 +326,71 @@ class Message(Base):
     case: Mapped[Case] = relationship(back_populates="messages")
 
 
+class Allergy(Base):
+    """An AllergyIntolerance of a patient, as the portal has it (shown; used for prescribing)."""
+
+    __tablename__ = "allergies"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    patient_id: Mapped[str] = mapped_column(
+        ForeignKey("patients.id", ondelete="CASCADE"), index=True
+    )
+    portal_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    substance: Mapped[str] = mapped_column(String(500), default="")
+    substance_system: Mapped[str | None] = mapped_column(String(200))
+    substance_code: Mapped[str | None] = mapped_column(String(100))
+    clinical_status: Mapped[str | None] = mapped_column(String(32))
+    criticality: Mapped[str | None] = mapped_column(String(32))
+    reaction: Mapped[str] = mapped_column(Text, default="")
+    recorded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    patient: Mapped[Patient] = relationship(back_populates="allergies")
+
+
+#: Outbox row states: waiting to be sent (also after a transient failure, with backoff),
+#: delivered, or failed in a way that needs a person (the server's message is kept).
+OUTBOX_STATES: tuple[str, ...] = ("pending", "sent", "failed")
+
+
+class OutboxItem(Base):
+    """A change the portal must hear of, written in the same transaction as the change.
+
+    The row's id is the idempotency key sent to the portal
+    (``urn:derm-workstation:outbox|<id>``), so a resend never duplicates anything.
+    ``payload`` holds ids and domain values, never image bytes.
+    """
+
+    __tablename__ = "outbox"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    kind: Mapped[str] = mapped_column(String(32))
+    case_id: Mapped[str | None] = mapped_column(
+        ForeignKey("cases.id", ondelete="RESTRICT"), index=True
+    )
+    actor: Mapped[str] = mapped_column(String(200), default="")
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: Id of the resource the portal created or updated.
+    portal_id: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (Index("ix_outbox_state_due", "state", "next_attempt_at", "created_at"),)
+
+
+class SyncState(Base):
+    """Small key/value facts of portal sync: cursors, last successful sync, portal URL."""
+
+    __tablename__ = "sync_state"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
 class AuditEvent(Base):
     """Append-only audit trail; each row carries the hash of the previous one.
 
@@ -334,18 +416,22 @@ __all__ = [
     "DELIVERY_STATES",
     "MESSAGE_DIRECTIONS",
     "OPEN_STATUSES",
+    "OUTBOX_STATES",
     "PHOTO_SOURCES",
     "PRIORITY_LABELS",
     "PRIORITY_RANK",
     "SEXES",
     "STATUS_LABELS",
+    "Allergy",
     "AuditEvent",
     "Base",
     "Case",
     "Message",
+    "OutboxItem",
     "Patient",
     "Photo",
     "QuestionnaireAnswer",
     "QuestionnaireItem",
     "QuestionnaireResponse",
+    "SyncState",
 ]

@@ -74,6 +74,7 @@ import io
 import math
 import os
 import re
+import stat
 import struct
 import threading
 import warnings
@@ -106,6 +107,7 @@ __all__ = [
     "inspect_file",
     "inspect_image",
     "jpeg_dimensions",
+    "read_image_file",
     "strip_identifying_metadata",
 ]
 
@@ -1110,29 +1112,49 @@ def inspect_image(data: bytes, *, verify_pixels: bool = True) -> ImageInfo:
     )
 
 
-def inspect_file(path: str | PathLike[str]) -> ImageInfo:
-    """:func:`inspect_image` on a file, reading at most ``MAX_BYTES + 1`` bytes."""
+def read_image_file(path: str | PathLike[str]) -> bytes:
+    """The bytes of a photo file, at most :data:`MAX_BYTES`; raises :class:`ImageRejected`
+    (code ``unreadable`` or ``file_too_big``) with a clear reason.
+
+    Only regular files are read: a directory, a named pipe, a socket or a device (which
+    could block forever or never end) is refused from its ``stat`` before it is opened.
+    """
     p = Path(path)
+    name = p.name or str(p)
     too_big = ImageRejected(
         f"The file is larger than {MAX_BYTES >> 20} MB, the most the workstation accepts "
         "for one photo.",
         code="file_too_big",
     )
+
+    def unreadable(why: str) -> ImageRejected:
+        return ImageRejected(f"The file {name} cannot be read ({why}).", code="unreadable")
+
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        raise unreadable("it does not exist") from None
+    except OSError as exc:
+        raise unreadable(exc.strerror or str(exc)) from exc
+    if stat.S_ISDIR(st.st_mode):
+        raise unreadable("it is a folder, not a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise unreadable("it is not a regular file")
+    if st.st_size > MAX_BYTES:
+        raise too_big
     try:
         with p.open("rb") as fh:
-            try:
-                if os.fstat(fh.fileno()).st_size > MAX_BYTES:
-                    raise too_big
-            except OSError:
-                pass
             data = fh.read(MAX_BYTES + 1)
     except OSError as exc:
-        raise ImageRejected(
-            f"The file {p.name} cannot be read ({exc.strerror or exc}).", code="unreadable"
-        ) from exc
+        raise unreadable(exc.strerror or str(exc)) from exc
     if len(data) > MAX_BYTES:
         raise too_big
-    return inspect_image(data)
+    return data
+
+
+def inspect_file(path: str | PathLike[str]) -> ImageInfo:
+    """:func:`inspect_image` on a file read by :func:`read_image_file`."""
+    return inspect_image(read_image_file(path))
 
 
 # ------------------------------------------------------------------------ decoding

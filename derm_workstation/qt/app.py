@@ -98,7 +98,7 @@ def run_gui(opts: GuiOptions) -> int:
 
     install_excepthook()
     tasks = QtTaskManager()
-    window = QtMainWindow(tasks, QSettings())
+    window = QtMainWindow(tasks, QSettings(), remember_geometry=opts.screenshot is None)
     state: dict[str, object] = {"code": 0, "workspace": None}
 
     def finish(code: int) -> None:

@@ -93,7 +93,8 @@ class QtMainWindow(QMainWindow):
     #: Core notifications, re-emitted on the GUI thread.
     _notes = Signal(object)
 
-    def __init__(self, tasks: QtTaskManager, settings: QSettings | None = None) -> None:
+    def __init__(self, tasks: QtTaskManager, settings: QSettings | None = None, *,
+                 remember_geometry: bool = True) -> None:
         """The window opens before the local store: ``attach`` connects it once open."""
         super().__init__()
         self.setObjectName("mainWindow")
@@ -161,6 +162,9 @@ class QtMainWindow(QMainWindow):
         self.case_panel.setObjectName("casePanel")
         self.case_panel.photo_shown.connect(self._on_photo_shown)
         self.case_panel.open_case_requested.connect(self.open_case)
+        self.case_panel.compare_requested.connect(self.open_compare)
+        self.case_panel.case_changed.connect(self._on_case_changed)
+        self.compare_window: QWidget | None = None
 
         top = QWidget(self)
         top_layout = QVBoxLayout(top)
@@ -184,11 +188,23 @@ class QtMainWindow(QMainWindow):
         self._notes.connect(self._on_notification, Qt.ConnectionType.QueuedConnection)
         self._unsubscribe = notifier.subscribe(self._notes.emit)
         self.destroyed.connect(lambda *_: self._unsubscribe())
-        self._restore_geometry()
+        self._remember_geometry = remember_geometry
+        if remember_geometry:
+            self._restore_geometry()
+        else:  # e.g. --screenshot: a fixed size, and the user's layout left alone
+            self.resize(1500, 940)
+            self.splitter.setSizes([300, 640])
 
     # -- construction -------------------------------------------------------------------------
     def _build_menus(self) -> None:
         file_menu = self.menuBar().addMenu("&File")
+        self.import_action = QAction("&Import photos…", self, shortcut=QKeySequence("Ctrl+I"))
+        self.import_action.setObjectName("importAction")
+        self.import_action.setStatusTip("Add photo files (e-mail attachments, a USB stick) to "
+                                        "the open case")
+        self.import_action.triggered.connect(lambda: self.case_panel.start_import())
+        file_menu.addAction(self.import_action)
+        file_menu.addSeparator()
         quit_action = QAction("&Quit", self, shortcut=QKeySequence.StandardKey.Quit)
         quit_action.setObjectName("quitAction")
         quit_action.triggered.connect(self.close)
@@ -208,6 +224,11 @@ class QtMainWindow(QMainWindow):
         fit.setObjectName("fitPhotoAction")
         fit.triggered.connect(self.case_panel.ui.photoView.fit)
         view_menu.addAction(fit)
+        self.compare_action = QAction("&Compare photos…", self,
+                                      shortcut=QKeySequence("Ctrl+Shift+C"))
+        self.compare_action.setObjectName("compareAction")
+        self.compare_action.triggered.connect(self.open_compare)
+        view_menu.addAction(self.compare_action)
         help_menu = self.menuBar().addMenu("&Help")
         about = QAction("&About", self)
         about.setObjectName("aboutAction")
@@ -255,6 +276,8 @@ class QtMainWindow(QMainWindow):
             self.splitter.setSizes([300, 640])
 
     def save_geometry(self) -> None:
+        if not self._remember_geometry:
+            return
         self.settings.setValue("mainWindow/geometry", self.saveGeometry())
         self.settings.setValue("mainWindow/splitter", self.splitter.saveState())
         self.settings.sync()
@@ -347,6 +370,40 @@ class QtMainWindow(QMainWindow):
             return  # the clinician has moved on to another case
         self.case_panel.show_case(detail)
         self.case_shown.emit(detail.id)
+
+    # -- compare and import ---------------------------------------------------------------
+    def open_compare(self) -> None:
+        """Open the compare window on the open case (photos of earlier visits included)."""
+        from derm_workstation.qt.widgets.qt_compare_view import QtCompareWindow
+
+        d, service = self.case_panel.detail, self.service
+        if d is None or service is None:
+            return
+        if not d.photos and not d.earlier_cases:
+            self.statusBar().showMessage("This case has no photos to compare.", 8000)
+            return
+        if self.compare_window is not None:
+            self.compare_window.close()
+        panel = self.case_panel
+        previews = {ph.id: img for ph in d.photos
+                    if (img := panel.thumbnail_image(ph.id)) is not None}
+        win = QtCompareWindow(self.tasks, service, d, panel.shown_photo_id, previews, self,
+                              thumbs=panel.thumbs)
+        win.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        win.destroyed.connect(lambda *_: self._compare_closed(win))
+        self.compare_window = win
+        win.show()
+
+    def _compare_closed(self, win: QWidget) -> None:
+        if self.compare_window is win:
+            self.compare_window = None
+
+    def _on_case_changed(self, case_id: str) -> None:
+        """Photos were imported: show the case again (new thumbnails) and update the queue."""
+        self.case_panel.select_last_photo_on_reload()
+        self.open_case(case_id)
+        self.model.reload()
+        self.refresh_counts()
 
     def _open_selected_photos(self) -> None:
         if self.case_panel.detail is not None:

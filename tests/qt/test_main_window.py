@@ -11,8 +11,8 @@ from PySide6.QtWidgets import (
     QAbstractButton,
     QAbstractItemView,
     QComboBox,
-    QGraphicsView,
     QLineEdit,
+    QSlider,
     QTabWidget,
     QTextBrowser,
     QWidget,
@@ -25,6 +25,7 @@ from derm_workstation.qt.app import apply_theme
 from derm_workstation.qt.main_window import QtMainWindow
 from derm_workstation.qt.tasks import QtTaskManager
 from derm_workstation.qt.widgets.qt_case_panel import THUMB_STATE_ROLE
+from derm_workstation.qt.widgets.qt_photo_view import QtPhotoView
 from tests.builders import CASES, corrupt_first_photo, populate
 
 OPEN = [c for c in CASES if c[2] not in ("completed", "cancelled")]
@@ -201,8 +202,8 @@ def test_geometry_is_remembered(qtbot, qapp, window: QtMainWindow, ws: Workspace
         tasks.shutdown()
 
 
-INTERACTIVE = (QLineEdit, QComboBox, QAbstractItemView, QAbstractButton, QGraphicsView,
-               QTabWidget, QTextBrowser)
+INTERACTIVE = (QLineEdit, QComboBox, QAbstractItemView, QAbstractButton, QtPhotoView,
+               QSlider, QTabWidget, QTextBrowser)
 
 
 def test_every_interactive_widget_has_names(window: QtMainWindow) -> None:

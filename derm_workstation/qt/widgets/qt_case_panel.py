@@ -1,8 +1,10 @@
 """The open case: patient, complaint, description, questionnaire, messages,
-earlier visits, thumbnails and a photo view.
+earlier visits, thumbnails and the photo viewer with its tools.
 
 Layout comes from ``ui/case_panel.ui`` (compiled into ``qt/forms``). Photos are
 read and decoded on the image pool; the GUI thread only receives ready QImages.
+Photo files dropped on the panel (or picked with Import…) are added to the case
+through :class:`~derm_workstation.qt.dialogs.qt_import_dialog.QtImportDialog`.
 """
 
 from __future__ import annotations
@@ -10,17 +12,34 @@ from __future__ import annotations
 import html
 import logging
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QSize, Qt, Signal
-from PySide6.QtGui import QColor, QIcon, QImage, QPainter, QPixmap
-from PySide6.QtWidgets import QListWidgetItem, QSizePolicy, QTreeWidgetItem, QWidget
+from PySide6.QtGui import (
+    QColor,
+    QDragEnterEvent,
+    QDropEvent,
+    QIcon,
+    QImage,
+    QPainter,
+    QPixmap,
+)
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QListWidgetItem,
+    QSizePolicy,
+    QTreeWidgetItem,
+    QWidget,
+)
 
 from derm_workstation.core.errors import DermError
 from derm_workstation.core.views import CaseDetail, PhotoView, QuestionView
+from derm_workstation.imaging.levels import PREVIEW_SIZE
 from derm_workstation.qt.forms.case_panel import Ui_CasePanel
 from derm_workstation.qt.models.qt_queue_model import waiting_text
 from derm_workstation.qt.tasks import QtTaskManager
+from derm_workstation.qt.widgets.qt_photo_layer import PhotoSource
 
 if TYPE_CHECKING:
     from derm_workstation.core.services import CaseService
@@ -28,8 +47,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DISPLAY_MAX = 2400
 THUMB_SIZE = 256
+PHOTO_FILE_FILTER = ("Photos (*.jpg *.jpeg *.png *.webp *.tif *.tiff *.heic *.heif "
+                     "*.JPG *.JPEG *.PNG *.WEBP *.TIF *.TIFF *.HEIC *.HEIF);;All files (*)")
 PHOTO_ID_ROLE = Qt.ItemDataRole.UserRole
 #: "loading", "ready" or "damaged": the state of a thumbnail item.
 THUMB_STATE_ROLE = Qt.ItemDataRole.UserRole + 1
@@ -45,6 +65,15 @@ def pil_to_qimage(img: object) -> QImage:
     data = rgb.tobytes()
     qimg = QImage(data, rgb.width, rgb.height, rgb.width * 3, QImage.Format.Format_RGB888)
     return qimg.copy()
+
+
+def photo_source(ph: PhotoView, service: CaseService,
+                 thumbs: ThumbnailCache | None) -> PhotoSource:
+    """A photo for the viewer: verified bytes from the store; the cached quick preview (if
+    one was made) to show while they decode."""
+    sha = ph.sha256
+    preview = (lambda: thumbs.get(sha, PREVIEW_SIZE)) if thumbs is not None else None
+    return PhotoSource.from_photo(ph, lambda: service.photo_bytes(sha), preview)
 
 
 def _fmt_dt(dt: datetime | None) -> str:
@@ -68,6 +97,10 @@ class QtCasePanel(QWidget):
     photo_shown = Signal(str)
     #: The clinician asked to open another case (an earlier visit): its id.
     open_case_requested = Signal(str)
+    #: The clinician asked to compare photos (Compare… button).
+    compare_requested = Signal()
+    #: Photos were added to the case (its id): reload it and the queue.
+    case_changed = Signal(str)
 
     def __init__(self, tasks: QtTaskManager, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -78,6 +111,10 @@ class QtCasePanel(QWidget):
         self._tasks = tasks
         self._detail: CaseDetail | None = None
         self._photo_by_id: dict[str, PhotoView] = {}
+        self._thumb_images: dict[str, QImage] = {}
+        self._file_dialog: QFileDialog | None = None
+        self._import_dialog: QWidget | None = None
+        self._select_last = False
         self._shown_photo: str | None = None
         self._wanted_photo: str | None = None  # the latest photo asked for
         self._generation = 0
@@ -98,9 +135,23 @@ class QtCasePanel(QWidget):
         ui.questionnaireTree.header().setObjectName("questionnaireHeader")
         ui.questionnaireTree.header().setAccessibleName("Questionnaire columns")
         ui.questionnaireTree.setColumnWidth(0, 230)
+        # Fixed cells: long titles are elided ("Close-up with co…"), full text in the tooltip.
+        ui.thumbnailList.setTextElideMode(Qt.TextElideMode.ElideRight)
+        ui.thumbnailList.setGridSize(QSize(124, 104))
+        ui.thumbnailList.setUniformItemSizes(True)
         ui.thumbnailList.currentItemChanged.connect(self._on_thumbnail_changed)
         ui.historyList.itemActivated.connect(self._on_history_activated)
-        ui.photoView.show_message("Select a case to see its photos")
+        view = ui.photoView
+        view.set_tasks(tasks)
+        view.image_shown.connect(self._on_view_shown)
+        view.load_failed.connect(self._on_view_failed)
+        ui.photoToolbar.bind(view)
+        ui.photoToolbar.ui.levelsButton.toggled.connect(ui.levelsPanel.setVisible)
+        ui.levelsPanel.adjustment_changed.connect(view.set_adjustment)
+        ui.photoToolbar.ui.compareButton.clicked.connect(self.compare_requested)
+        ui.photoToolbar.ui.importButton.clicked.connect(lambda: self.start_import())
+        view.show_message("Select a case to see its photos")
+        self.setAcceptDrops(True)
         self.setEnabled(False)
 
     # -- public -----------------------------------------------------------------------------
@@ -117,6 +168,29 @@ class QtCasePanel(QWidget):
     def shown_photo_id(self) -> str | None:
         return self._shown_photo
 
+    @property
+    def service(self) -> CaseService | None:
+        return self._service
+
+    def select_last_photo_on_reload(self) -> None:
+        """When the case is shown next, open its last photo (the one just imported)."""
+        self._select_last = True
+
+    def thumbnail_image(self, photo_id: str) -> QImage | None:
+        """The photo's thumbnail, when it has been loaded (a quick placeholder)."""
+        return self._thumb_images.get(photo_id)
+
+    @property
+    def thumbs(self) -> ThumbnailCache | None:
+        return self._thumbs
+
+    def photo_source(self, ph: PhotoView) -> PhotoSource:
+        """How views read this photo: verified bytes from the store, on the image pool,
+        and a cached quick preview while they decode."""
+        service = self._service
+        assert service is not None
+        return photo_source(ph, service, self._thumbs)
+
     def clear(self) -> None:
         self._generation += 1
         self._detail = None
@@ -131,12 +205,16 @@ class QtCasePanel(QWidget):
         ui.messagesView.clear()
         ui.historyList.clear()
         ui.thumbnailList.clear()
+        self._thumb_images.clear()
         ui.photoView.show_message("Select a case to see its photos")
         self.setEnabled(False)
 
     def show_case(self, d: CaseDetail) -> None:
         self._generation += 1
+        same_case = self._detail is not None and self._detail.id == d.id
         self._detail = d
+        if not same_case:
+            self.ui.levelsPanel.reset()
         self._shown_photo = None
         self.setEnabled(True)
         ui = self.ui
@@ -224,10 +302,11 @@ class QtCasePanel(QWidget):
         lst.clear()
         lst.blockSignals(False)
         self._photo_by_id = {ph.id: ph for ph in d.photos}
+        self._thumb_images.clear()
         size = lst.iconSize()
         gen = self._generation
         for i, ph in enumerate(d.photos, start=1):
-            item = QListWidgetItem(_placeholder_icon("loading…", size), f"{i}. {ph.title}"[:28])
+            item = QListWidgetItem(_placeholder_icon("loading…", size), f"{i}. {ph.title}")
             item.setData(PHOTO_ID_ROLE, ph.id)
             item.setData(THUMB_STATE_ROLE, "loading")
             item.setToolTip(f"{ph.title}\n{ph.body_site}\n{ph.width} × {ph.height} px")
@@ -235,11 +314,12 @@ class QtCasePanel(QWidget):
             sha = ph.sha256
             self._tasks.run_image(
                 lambda sha=sha: self._load_thumbnail(sha),
-                lambda img, item=item, g=gen: self._thumb_ready(g, item, img),
+                lambda img, item=item, g=gen, pid=ph.id: self._thumb_ready(g, item, img, pid),
                 lambda exc, item=item, g=gen: self._thumb_failed(g, item, exc),
             )
         if d.photos:
-            lst.setCurrentRow(0)
+            lst.setCurrentRow(len(d.photos) - 1 if self._select_last else 0)
+            self._select_last = False
         else:
             self.ui.photoView.show_message("This case has no photos.")
             self.ui.photoInfoLabel.setText("")
@@ -255,17 +335,18 @@ class QtCasePanel(QWidget):
             raise DermError("The thumbnail could not be made.")
         return img
 
-    def _load_photo(self, sha: str) -> QImage:
-        from derm_workstation.imaging.decode import decode_image
-
-        assert self._service is not None
-        return pil_to_qimage(decode_image(self._service.photo_bytes(sha), max_size=DISPLAY_MAX))
-
     # -- results (GUI thread) ----------------------------------------------------------------
-    def _thumb_ready(self, gen: int, item: QListWidgetItem, img: QImage) -> None:
+    def _thumb_ready(self, gen: int, item: QListWidgetItem, img: QImage, photo_id: str) -> None:
         if gen == self._generation:
-            item.setIcon(QIcon(QPixmap.fromImage(img)))
+            # the same pixels when selected: Qt would otherwise tint a selected icon with
+            # the highlight colour, and a thumbnail's colours must stay true
+            pm = QPixmap.fromImage(img)
+            icon = QIcon()
+            icon.addPixmap(pm, QIcon.Mode.Normal)
+            icon.addPixmap(pm, QIcon.Mode.Selected)
+            item.setIcon(icon)
             item.setData(THUMB_STATE_ROLE, "ready")
+            self._thumb_images[photo_id] = img
 
     def _thumb_failed(self, gen: int, item: QListWidgetItem, exc: BaseException) -> None:
         if gen != self._generation:
@@ -281,9 +362,8 @@ class QtCasePanel(QWidget):
         ph = self._photo_by_id.get(photo_id)
         if ph is None:
             return
-        gen = self._generation
         self._wanted_photo = ph.id
-        self.ui.photoView.show_message("Loading photo…")
+        self._shown_photo = None
         taken = _fmt_dt(ph.taken_at) if ph.taken_at else "date unknown"
         calib = (f"{ph.calibration_px_per_mm:.1f} px/mm" if ph.calibration_px_per_mm
                  else "uncalibrated")
@@ -291,30 +371,102 @@ class QtCasePanel(QWidget):
             f"{ph.title}  ·  {ph.body_site}  ·  taken {taken}  ·  "
             f"{ph.width} × {ph.height} px  ·  {calib}"
         )
-        self._tasks.run_image(
-            lambda: self._load_photo(ph.sha256),
-            lambda img: self._photo_ready(gen, ph.id, img),
-            lambda exc: self._photo_failed(gen, ph.id, exc),
-        )
+        # The view decodes on the image pool and drops results for a photo it no longer
+        # shows, so quick clicks through the strip always end on the last one.
+        self.ui.photoView.open_photo(self.photo_source(ph), self._thumb_images.get(ph.id))
 
-    def _photo_ready(self, gen: int, photo_id: str, img: QImage) -> None:
-        if gen != self._generation or photo_id != self._wanted_photo:
-            return  # decoding finished after the clinician picked another photo
-        self.ui.photoView.set_image(img)
-        self._shown_photo = photo_id
-        self.photo_shown.emit(photo_id)
+    def _current_photo(self, key: str) -> str | None:
+        ph = self._photo_by_id.get(self._wanted_photo or "")
+        return ph.id if ph is not None and ph.sha256 == key else None
 
-    def _photo_failed(self, gen: int, photo_id: str, exc: BaseException) -> None:
-        if gen != self._generation or photo_id != self._wanted_photo:
+    def _on_view_shown(self, key: str) -> None:
+        photo_id = self._current_photo(key)
+        if photo_id is not None:
+            self._shown_photo = photo_id
+            self.photo_shown.emit(photo_id)
+            self._ensure_preview(key)
+
+    def _ensure_preview(self, sha: str) -> None:
+        """Make the quick-preview copy in the background, for the next time."""
+        service, thumbs = self._service, self._thumbs
+        if service is None or thumbs is None:
             return
-        if isinstance(exc, DermError):
-            text = exc.message
+        self._tasks.run_image(
+            lambda: thumbs.get_or_create(sha, PREVIEW_SIZE, lambda: service.photo_bytes(sha)),
+            None, lambda exc: log.info("no quick preview: %s", exc))
+
+    def _on_view_failed(self, _text: str) -> None:
+        src = self.ui.photoView.source
+        photo_id = self._current_photo(src.key) if src is not None else None
+        if photo_id is not None:
+            self._shown_photo = None
+            self.photo_shown.emit(photo_id)
+
+    # -- import --------------------------------------------------------------------------
+    def start_import(self, paths: list[str] | None = None) -> None:
+        """Add photo files to the open case: ``paths``, or ask with a file dialog."""
+        if self._detail is None or self._service is None:
+            return
+        if paths:
+            self._open_import_dialog(paths)
+            return
+        dlg = QFileDialog(self, "Add photos to this case")
+        dlg.setObjectName("importFileDialog")
+        dlg.setAccessibleName("Choose photo files")
+        dlg.setFileMode(QFileDialog.FileMode.ExistingFiles)
+        dlg.setNameFilter(PHOTO_FILE_FILTER)
+        dlg.filesSelected.connect(lambda files: self._open_import_dialog(list(files)))
+        self._file_dialog = dlg
+        dlg.open()
+
+    def _open_import_dialog(self, paths: list[str]) -> None:
+        from derm_workstation.core.photo_import import PhotoImporter
+        from derm_workstation.qt.dialogs.qt_import_dialog import QtImportDialog
+
+        d, service = self._detail, self._service
+        if d is None or service is None or not paths:
+            return
+        dlg = QtImportDialog(self._tasks, PhotoImporter(service.ws, service.actor), d, self,
+                             thumbs=self._thumbs)
+        dlg.imported.connect(lambda case_id, _n: self.case_changed.emit(case_id))
+        dlg.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dlg.add_paths(paths)
+        self._import_dialog = dlg
+        dlg.destroyed.connect(lambda *_: self._import_closed(dlg))
+        dlg.open()
+
+    def _import_closed(self, dlg: QWidget) -> None:
+        if self._import_dialog is dlg:
+            self._import_dialog = None
+
+    @property
+    def import_dialog(self) -> QWidget | None:
+        return self._import_dialog
+
+    @staticmethod
+    def _local_files(event: QDragEnterEvent | QDropEvent) -> list[str]:
+        md = event.mimeData()
+        if not md.hasUrls():
+            return []
+        return [u.toLocalFile() for u in md.urls() if u.isLocalFile()
+                and not Path(u.toLocalFile()).is_dir()]
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        if self._detail is not None and self._local_files(event):
+            event.acceptProposedAction()
         else:
-            log.error("photo could not be shown", exc_info=exc)
-            text = "This photo could not be shown. Details are in the log file."
-        self.ui.photoView.show_message(text)
-        self._shown_photo = None
-        self.photo_shown.emit(photo_id)
+            event.ignore()
+
+    def dragMoveEvent(self, event) -> None:  # type: ignore[no-untyped-def]
+        event.acceptProposedAction() if self._detail is not None else event.ignore()
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        files = self._local_files(event)
+        if self._detail is None or not files:
+            event.ignore()
+            return
+        event.acceptProposedAction()
+        self._open_import_dialog(files)
 
     def _on_history_activated(self, item: QListWidgetItem) -> None:
         cid = item.data(PHOTO_ID_ROLE)

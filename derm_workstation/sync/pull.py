@@ -1,0 +1,775 @@
+"""Incremental pull from the portal (PORTAL_CONTRACT.md, "Pull (sync)").
+
+1. ``GET Task?status=requested,received,accepted,in-progress,on-hold&_lastUpdated=gt<cursor>
+   &_sort=_lastUpdated&_count=50``, following ``link[relation=next]``.
+2. For each new or changed Task (its ``meta.versionId`` differs from the stored one): read
+   its ServiceRequest and Patient; search Media, QuestionnaireResponse and Communication
+   ``based-on`` the ServiceRequest, AllergyIntolerance by patient, and the patient's
+   earlier cases (``Task?patient=``), which are pulled the same way for comparison.
+   Photos download concurrently (bounded), streamed into the image store and verified
+   by size and SHA-1 before anything is recorded.
+3. Each case is committed as one transaction; the cursor moves only after every case of
+   the page is committed. A crash anywhere re-reads at most that page: cases already
+   committed are recognised by their version and skipped, so nothing is lost or doubled.
+4. Tasks that were cancelled, completed or claimed elsewhere: a second search,
+   ``Task?status=completed,cancelled&_lastUpdated=gt<cursor>…``, updates the local cases
+   (the open-status search cannot return them), and changed owners/statuses set a
+   notice on the case for anyone who has it open.
+
+So a sync with nothing new costs exactly two requests. Cases whose photos failed are
+flagged (``Case.portal_sync_error``) and fetched again by id on the next sync.
+Database writes happen on the calling thread only; worker threads do network and disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from derm_workstation.core import audit, intake
+from derm_workstation.core.errors import DermError, InputError
+from derm_workstation.core.models import (
+    Allergy,
+    Case,
+    Message,
+    OutboxItem,
+    Patient,
+    Photo,
+    QuestionnaireResponse,
+    utcnow,
+)
+from derm_workstation.core.users import SYSTEM, Actor
+from derm_workstation.core.workspace import Workspace
+from derm_workstation.portal.client import PortalClient
+from derm_workstation.portal.errors import (
+    DownloadError,
+    PortalAuthError,
+    PortalDataError,
+    PortalError,
+    PortalRequestError,
+    PortalUnavailableError,
+)
+from derm_workstation.portal.mapping import (
+    AllergyIn,
+    MediaIn,
+    MessageIn,
+    PatientIn,
+    Problems,
+    QuestionnaireIn,
+    ServiceRequestIn,
+    TaskIn,
+    allergy_from_fhir,
+    communication_from_fhir,
+    format_instant,
+    media_from_fhir,
+    parse_instant,
+    patient_from_fhir,
+    questionnaire_from_fhir,
+    service_request_from_fhir,
+    task_from_fhir,
+)
+from derm_workstation.sync import state
+from derm_workstation.sync.summary import SyncSummary
+
+log = logging.getLogger(__name__)
+
+OPEN_STATUSES = "requested,received,accepted,in-progress,on-hold"
+CLOSED_STATUSES = "completed,cancelled"
+PAGE_SIZE = 50
+#: The first closed-status search starts this long before the portal's clock at the start.
+CLOSED_CURSOR_MARGIN = timedelta(minutes=5)
+#: ``Case.portal_sync_error`` while the patient's earlier cases are still being fetched.
+HISTORY_PENDING = "earlier cases of the patient not fetched yet"
+
+Progress = Callable[[int, int | None], None]
+
+
+class SyncCancelled(DermError):
+    """The sync was stopped on request (the app is closing); nothing half-written."""
+
+
+@dataclass
+class FetchedPhoto:
+    media: MediaIn
+    sha256: str | None = None
+    size: int = 0
+    content_type: str = ""
+    width: int = 0
+    height: int = 0
+    error: str | None = None
+
+
+@dataclass
+class FetchedCase:
+    task: TaskIn
+    patient: PatientIn | None = None
+    service_request: ServiceRequestIn | None = None
+    photos: list[FetchedPhoto] = field(default_factory=list)
+    questionnaires: list[QuestionnaireIn] = field(default_factory=list)
+    messages: list[MessageIn] = field(default_factory=list)
+    allergies: list[AllergyIn] | None = None
+    problems: Problems = field(default_factory=Problems)
+    history: list[TaskIn] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return self.task.case_number or f"Task/{self.task.portal_id}"
+
+    @property
+    def photo_errors(self) -> list[str]:
+        return [p.error for p in self.photos if p.error]
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().rstrip(".")
+    return text[:300]
+
+
+def _later(a: str | None, b: str | None) -> bool:
+    """True when instant ``a`` is after ``b`` (None is the beginning of time)."""
+    if a is None:
+        return False
+    if b is None:
+        return True
+    da, db = parse_instant(a), parse_instant(b)
+    if da is None:
+        return False
+    if db is None:
+        return True
+    return da > db
+
+
+# ------------------------------------------------------------------------- applying
+
+
+def _upsert_patient(s: Session, p: PatientIn | None, portal_id: str | None) -> Patient:
+    pid = (p.portal_id if p and p.portal_id else portal_id) or None
+    patient = s.scalar(select(Patient).where(Patient.portal_id == pid)) if pid else None
+    if patient is None:
+        patient = Patient(portal_id=pid, family_name="", given_name="", sex="unknown")
+        s.add(patient)
+    if p is not None:
+        changed = (patient.family_name, patient.given_name, patient.identifier) != (
+            p.family_name, p.given_name, p.identifier)
+        patient.identifier = p.identifier[:64] if p.identifier else None
+        patient.family_name = p.family_name
+        patient.given_name = p.given_name
+        patient.birth_date = p.birth_date
+        patient.sex = p.sex
+        if changed and patient.id is not None:
+            for c in patient.cases:
+                c.refresh_search_text()
+    s.flush()
+    return patient
+
+
+def task_notice(case: Case, t: TaskIn) -> str | None:
+    """The banner sentence when the portal's Task moved away from what the case shows."""
+    if t.status == "cancelled" and case.status != "cancelled":
+        return "This case was cancelled on the portal."
+    if t.status == "completed" and case.status != "completed":
+        who = f" by {t.owner_display}" if t.owner_display else ""
+        return f"This case was completed on the portal{who}."
+    if t.owner and t.owner != case.portal_owner and not _is_ours(case, t):
+        return f"This case was claimed on the portal by {t.owner_display or t.owner}."
+    return None
+
+
+def _is_ours(case: Case, t: TaskIn) -> bool:
+    return (case.claim_state in ("pending", "claimed")
+            and case.assignee is not None and t.owner_display == case.assignee)
+
+
+def apply_task_fields(case: Case, t: TaskIn) -> str | None:
+    """Copy the Task's workflow fields onto the case; returns a notice when it moved."""
+    notice = task_notice(case, t)
+    if t.owner and _is_ours(case, t):
+        case.claim_state = "claimed"
+    elif t.owner and t.owner != case.portal_owner and case.claim_state in ("pending", "claimed"):
+        case.claim_state = "elsewhere"
+    case.status = t.status
+    case.priority = t.priority
+    case.priority_rank = intake.PRIORITY_RANK[t.priority]
+    case.portal_task_version = t.version
+    case.portal_owner = t.owner[:200] if t.owner else None
+    case.assignee = t.owner_display[:200] if t.owner_display else None
+    case.portal_business_status = t.business_status[:200] if t.business_status else None
+    case.portal_note = t.note
+    if t.case_number:
+        case.case_number = t.case_number[:64]
+    if t.last_updated_at:
+        case.updated_at = t.last_updated_at
+    if notice:
+        case.portal_notice = notice
+    return notice
+
+
+def apply_case(s: Session, actor: Actor, f: FetchedCase) -> tuple[str, Case, str | None]:
+    """Write one fetched case (new or changed) in the caller's transaction.
+
+    Returns ("new" | "updated", the case, a notice or None).
+    """
+    t = f.task
+    case = s.scalar(select(Case).where(Case.portal_task_id == t.portal_id))
+    sr = f.service_request
+    problems = Problems(list(f.problems.items))
+    photo_errors = f.photo_errors
+    if photo_errors:
+        n = len(photo_errors)
+        problems.add(f"{n} photo{'s' if n > 1 else ''} could not be downloaded "
+                     "(the workstation tries again at the next sync)")
+    reason = problems.text()
+    submitted = t.authored_on or (sr.authored_on if sr else None) or t.last_updated_at \
+        or utcnow()
+    notice: str | None = None
+    if case is None:
+        patient = _upsert_patient(s, f.patient, t.patient_id)
+        case = intake.add_case(
+            s, actor, patient,
+            status=t.status, priority=t.priority,
+            chief_complaint=sr.chief_complaint if sr else "",
+            body_site=sr.body_site if sr else "",
+            description=sr.description if sr else "",
+            submitted_at=submitted,
+            updated_at=t.last_updated_at or submitted,
+            case_number=t.case_number[:64] if t.case_number else None,
+            portal_task_id=t.portal_id,
+            portal_task_version=t.version,
+            portal_service_request_id=t.focus_id,
+            incomplete_reason=reason,
+        )
+        apply_task_fields(case, t)
+        case.portal_notice = None
+        outcome = "new"
+    else:
+        if f.patient is not None:
+            patient = _upsert_patient(s, f.patient, t.patient_id)
+            if case.patient_id != patient.id:
+                case.patient = patient
+        notice = apply_task_fields(case, t)
+        if sr is not None:
+            case.chief_complaint = sr.chief_complaint
+            case.body_site = sr.body_site
+            case.description = sr.description
+        case.portal_service_request_id = t.focus_id or case.portal_service_request_id
+        case.submitted_at = submitted
+        case.incomplete_reason = reason
+        outcome = "updated"
+        audit.record(s, actor, "case.portal_update", "case", case.id,
+                     {"task_version": t.version, "status": t.status})
+    if sr is not None:
+        case.body_site_code = sr.body_site_code
+    case.portal_sync_error = "; ".join(photo_errors)[:2000] if photo_errors else None
+    _apply_children(s, case, f, new=outcome == "new")
+    case.refresh_search_text()
+    s.flush()
+    return outcome, case, notice
+
+
+def _apply_children(s: Session, case: Case, f: FetchedCase, *, new: bool) -> None:
+    def known(col: Any, owner: Any) -> set[str | None]:
+        if new:  # nothing to compare with: skip the queries
+            return set()
+        return set(s.scalars(select(col).where(owner == case.id, col.is_not(None))))
+
+    have_media = known(Photo.portal_media_id, Photo.case_id)
+    for ph in f.photos:
+        if ph.sha256 is None or ph.media.portal_id in have_media:
+            continue
+        intake.add_stored_photo(
+            s, case, sha256=ph.sha256, content_type=ph.content_type, byte_size=ph.size,
+            width=ph.width, height=ph.height, body_site=ph.media.body_site or case.body_site,
+            title=ph.media.title, taken_at=ph.media.taken_at, source="portal",
+            portal_media_id=ph.media.portal_id, flush=False,
+        )
+        have_media.add(ph.media.portal_id)
+
+    have_qr = known(QuestionnaireResponse.portal_id, QuestionnaireResponse.case_id)
+    for q in f.questionnaires:
+        if q.portal_id and q.portal_id in have_qr:
+            continue
+        intake.add_questionnaire(s, case, q.items, title=q.title, authored_at=q.authored_at,
+                                 portal_id=q.portal_id)
+        have_qr.add(q.portal_id)
+
+    have_msg = known(Message.portal_id, Message.case_id)
+    for m in f.messages:
+        if m.portal_id and m.portal_id in have_msg:
+            continue
+        if m.outbox_id:
+            item = s.get(OutboxItem, m.outbox_id)
+            local = s.get(Message, item.payload.get("message_id")) if item is not None else None
+            if local is not None:
+                local.portal_id = m.portal_id
+                if local.delivery_state in ("queued", "failed"):
+                    local.delivery_state = "sent"
+                have_msg.add(m.portal_id)
+                continue
+        intake.add_message(s, case, direction=m.direction, text=m.text,
+                           sent_at=m.sent_at or case.submitted_at, portal_id=m.portal_id,
+                           sender=m.sender[:200] if m.sender else None)
+        have_msg.add(m.portal_id)
+
+    if f.allergies:
+        patient = case.patient
+        existing = {a.portal_id: a for a in patient.allergies if a.portal_id}
+        for a in f.allergies:
+            row = existing.get(a.portal_id) if a.portal_id else None
+            if row is None and a.portal_id:
+                row = s.scalar(select(Allergy).where(Allergy.portal_id == a.portal_id))
+            if row is None:
+                if not a.portal_id and any(x.substance == a.substance for x in patient.allergies):
+                    continue
+                row = Allergy(patient=patient, portal_id=a.portal_id)
+                s.add(row)
+            row.patient = patient
+            row.substance = a.substance
+            row.substance_system = a.system
+            row.substance_code = a.code
+            row.clinical_status = a.clinical_status
+            row.criticality = a.criticality
+            row.reaction = a.reaction
+            row.recorded_at = a.recorded_at
+
+
+# ------------------------------------------------------------------------- the puller
+
+
+class Puller:
+    """One pull run. Not reusable; create one per sync."""
+
+    def __init__(self, ws: Workspace, client: PortalClient, summary: SyncSummary, *,
+                 actor: Actor = SYSTEM, concurrency: int = 4, progress: Progress | None = None,
+                 cancel: threading.Event | None = None) -> None:
+        if concurrency < 1:
+            raise InputError("Concurrency must be at least 1.")
+        self.ws = ws
+        self.client = client
+        self.summary = summary
+        self.actor = actor
+        self.concurrency = concurrency
+        self.progress = progress
+        self.cancel = cancel or threading.Event()
+        self._scheduled: set[str] = set()
+        self._history: dict[str, list[TaskIn]] = {}
+        self._allergy_cache: dict[str, list[AllergyIn] | None] = {}
+        self._history_lock = threading.Lock()
+        self._server_date: datetime | None = None
+        self._done = 0
+        self._total: int | None = None
+        self._cases: ThreadPoolExecutor | None = None
+        self._photos: ThreadPoolExecutor | None = None
+        #: At most ``concurrency`` photo transfers at once; twice as many photo workers,
+        #: so one photo's fsync and rename overlap the next one's transfer.
+        self._transfers = threading.BoundedSemaphore(concurrency)
+
+    # ---------------------------------------------------------------- run
+
+    def run(self) -> None:
+        self._check_portal_url()
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="portal-case") as cases, \
+                ThreadPoolExecutor(2 * self.concurrency,
+                                   thread_name_prefix="portal-photo") as photos:
+            self._cases, self._photos = cases, photos
+            try:
+                self._pull_open()
+                self._refetch_flagged()
+                self._pull_closed()
+            finally:
+                self._cases = self._photos = None
+
+    def _check_cancel(self) -> None:
+        if self.cancel.is_set():
+            raise SyncCancelled("The sync was stopped; it resumes where it left off next time.")
+
+    def _check_portal_url(self) -> None:
+        with self.ws.db.session() as s:
+            known = state.get(s, state.PORTAL_URL)
+            if known != self.client.base_url:
+                if known is not None:
+                    log.warning("portal URL changed; sync cursors reset")
+                state.put(s, state.PORTAL_URL, self.client.base_url)
+                state.put(s, state.CURSOR_OPEN, None)
+                state.put(s, state.CURSOR_CLOSED, None)
+
+    def _tick(self) -> None:
+        self._done += 1
+        if self.progress is not None:
+            try:
+                self.progress(self._done, self._total)
+            except Exception:  # a progress display must never break the sync
+                log.exception("sync progress callback failed")
+
+    def _tasks(self, resources: Iterable[dict[str, Any]]) -> list[TaskIn]:
+        out = []
+        for res in resources:
+            t = task_from_fhir(res)
+            if t is None:
+                self.summary.error("The portal sent a Task without an id; it cannot be stored.")
+            else:
+                out.append(t)
+        return out
+
+    def _pull_open(self) -> None:
+        with self.ws.db.session() as s:
+            cursor = state.get(s, state.CURSOR_OPEN)
+        params = {"status": OPEN_STATUSES}
+        if cursor:
+            params["_lastUpdated"] = f"gt{cursor}"
+        params.update({"_sort": "_lastUpdated", "_count": str(PAGE_SIZE)})
+        first = True
+        for page in self.client.search_pages("Task", params):
+            if first:
+                self._server_date = page.server_date
+                self._total = page.total
+                first = False
+            if page.skipped:
+                self.summary.warn(f"{page.skipped} search entries that were not Tasks "
+                                  "were ignored.")
+            tasks = self._tasks(page.resources)
+            self._process(tasks, with_history=True)
+            self._advance(state.CURSOR_OPEN, tasks, final=page.next_url is None)
+            self._check_cancel()
+
+    def _pull_closed(self) -> None:
+        with self.ws.db.session() as s:
+            cursor = state.get(s, state.CURSOR_CLOSED)
+        synthesized = False
+        if cursor is None and self._server_date is not None:
+            cursor = format_instant(self._server_date - CLOSED_CURSOR_MARGIN)
+            synthesized = True
+        params = {"status": CLOSED_STATUSES}
+        if cursor:
+            params["_lastUpdated"] = f"gt{cursor}"
+        params.update({"_sort": "_lastUpdated", "_count": str(PAGE_SIZE)})
+        for page in self.client.search_pages("Task", params):
+            tasks = self._tasks(page.resources)
+            with self.ws.db.session() as s:
+                ids = [t.portal_id for t in tasks]
+                local = {c.portal_task_id: c for c in s.scalars(
+                    select(Case).where(Case.portal_task_id.in_(ids)))} if ids else {}
+                for t in tasks:
+                    case = local.get(t.portal_id)
+                    if case is None or (case.portal_task_version == t.version and t.version):
+                        continue
+                    notice = apply_task_fields(case, t)
+                    audit.record(s, self.actor, "case.portal_update", "case", case.id,
+                                 {"task_version": t.version, "status": t.status})
+                    self.summary.cases_updated += 1
+                    self.summary.changed(case.id)
+                    if notice:
+                        self.summary.notices.append((case.id, notice))
+            self._advance(state.CURSOR_CLOSED, tasks, final=page.next_url is None,
+                          floor=cursor if synthesized else None)
+            self._check_cancel()
+
+    def _refetch_flagged(self) -> None:
+        with self.ws.db.session() as s:
+            rows = list(s.execute(select(Case.id, Case.portal_task_id).where(
+                Case.portal_sync_error.is_not(None), Case.portal_task_id.is_not(None))))
+        for case_id, task_id in rows:
+            if not task_id or task_id in self._scheduled:
+                continue
+            try:
+                raw = self.client.read("Task", task_id)
+            except PortalRequestError as exc:
+                if exc.status in (404, 410):
+                    with self.ws.db.session() as s:
+                        case = s.get(Case, case_id)
+                        if case is not None:
+                            case.portal_sync_error = None
+                            case.portal_notice = "The portal no longer has this case."
+                    continue
+                self.summary.error(f"Task/{task_id}: {_short(exc)}")
+                continue
+            except PortalDataError as exc:
+                self.summary.error(f"Task/{task_id}: {_short(exc)}")
+                continue
+            self._process(self._tasks([raw]), with_history=True, force=True)
+
+    def _advance(self, key: str, tasks: list[TaskIn], *, final: bool,
+                 floor: str | None = None) -> None:
+        """Move the cursor after a committed page.
+
+        On a page followed by another, only up to the newest instant strictly older than
+        the page's newest one: Tasks sharing that newest instant may continue on the next
+        page, and ``gt`` would skip them after a crash.
+        """
+        stamps: list[tuple[datetime, str]] = []
+        for t in tasks:
+            when = parse_instant(t.last_updated)
+            if when is not None and t.last_updated:
+                stamps.append((when, t.last_updated))
+        stamps.sort(key=lambda x: x[0])
+        candidate: str | None = floor
+        if stamps:
+            if final:
+                candidate = stamps[-1][1]
+            else:
+                newest = stamps[-1][0]
+                older = [raw for when, raw in stamps if when < newest]
+                if older:
+                    candidate = older[-1]
+        if candidate is None:
+            return
+        with self.ws.db.session() as s:
+            current = state.get(s, key)
+            if _later(candidate, current):
+                state.put(s, key, candidate)
+
+    # ---------------------------------------------------------------- per case
+
+    def _needs(self, tasks: list[TaskIn], force: bool) -> list[tuple[TaskIn, set[str]]]:
+        """The Tasks to fetch (new, changed or flagged) and the photos each already has."""
+        fresh = [t for t in tasks if t.portal_id not in self._scheduled]
+        if not fresh:
+            return []
+        ids = [t.portal_id for t in fresh]
+        with self.ws.db.session() as s:
+            rows = {r.portal_task_id: r for r in s.execute(
+                select(Case.id, Case.portal_task_id, Case.portal_task_version,
+                       Case.portal_sync_error).where(Case.portal_task_id.in_(ids)))}
+            out = []
+            for t in fresh:
+                row = rows.get(t.portal_id)
+                if row is not None and not force and t.version is not None \
+                        and row.portal_task_version == t.version and row.portal_sync_error is None:
+                    continue
+                have: set[str] = set()
+                if row is not None:
+                    for mid, sha in s.execute(select(Photo.portal_media_id, Photo.sha256).where(
+                            Photo.case_id == row.id, Photo.portal_media_id.is_not(None))):
+                        if mid and self.ws.images.contains(sha):
+                            have.add(mid)
+                out.append((t, have))
+        for t, _ in out:
+            self._scheduled.add(t.portal_id)
+        return out
+
+    def _process(self, tasks: list[TaskIn], *, with_history: bool, force: bool = False) -> None:
+        """Fetch and commit Tasks (and their patients' earlier cases) until all are done.
+
+        A case whose earlier cases still have to be fetched is committed with the
+        :data:`HISTORY_PENDING` marker, cleared once all of them are committed: a crash in
+        between makes the next sync fetch it (and its history) again by id.
+        """
+        assert self._cases is not None
+        pending: dict[Future[FetchedCase], TaskIn] = {}
+        waiting: dict[str, set[str]] = {}  # parent case id -> history task ids not yet in
+        parents_of: dict[str, list[str]] = {}  # history task id -> parent case ids
+        for t, have in self._needs(tasks, force):
+            pending[self._cases.submit(self._fetch_case, t, have, with_history)] = t
+        failure: BaseException | None = None
+        while pending:
+            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for fut in done:
+                pending.pop(fut)
+                try:
+                    fetched = fut.result()
+                except BaseException as exc:
+                    failure = failure or exc
+                    for other in pending:
+                        other.cancel()
+                    continue
+                history = self._needs(fetched.history, False) \
+                    if failure is None and fetched.history else []
+                case_id = self._commit(fetched, history_pending=bool(history))
+                self._tick()
+                if history:
+                    waiting[case_id] = {t.portal_id for t, _ in history}
+                    for t, have in history:
+                        parents_of.setdefault(t.portal_id, []).append(case_id)
+                        pending[self._cases.submit(self._fetch_case, t, have, False)] = t
+                for parent in parents_of.pop(fetched.task.portal_id, []):
+                    left = waiting.get(parent)
+                    if left is not None:
+                        left.discard(fetched.task.portal_id)
+                        if not left:
+                            del waiting[parent]
+                            self._history_done(parent)
+            pending = {f: t for f, t in pending.items() if not f.cancelled()}
+        if failure is not None:
+            raise failure
+
+    def _history_done(self, case_id: str) -> None:
+        with self.ws.db.session() as s:
+            case = s.get(Case, case_id)
+            if case is not None and case.portal_sync_error == HISTORY_PENDING:
+                case.portal_sync_error = None
+
+    def _commit(self, f: FetchedCase, *, history_pending: bool = False) -> str:
+        for attempt in (1, 2):
+            try:
+                with self.ws.db.session() as s:
+                    outcome, case, notice = apply_case(s, self.actor, f)
+                    if history_pending and case.portal_sync_error is None:
+                        case.portal_sync_error = HISTORY_PENDING
+                    case_id = case.id
+                break
+            except IntegrityError:
+                # Another sync (the GUI and the CLI at once) stored it first: update instead.
+                if attempt == 2:
+                    raise
+                log.info("case for Task/%s was stored concurrently; retrying", f.task.portal_id)
+        stored = [p for p in f.photos if p.sha256]
+        self.summary.photos_downloaded += len(stored)
+        self.summary.bytes += sum(p.size for p in stored)
+        if outcome == "new":
+            self.summary.cases_new += 1
+        else:
+            self.summary.cases_updated += 1
+        self.summary.changed(case_id)
+        if notice:
+            self.summary.notices.append((case_id, notice))
+        for p in f.photos:
+            if p.error:
+                self.summary.error(f"Case {f.label}: photo Media/{p.media.portal_id} was not "
+                                   f"stored: {p.error}")
+        reason = f.problems.text()
+        if reason:
+            self.summary.warn(f"Case {f.label} is incomplete from the portal: {reason}")
+        log.info("pulled Task/%s (%s, %d photos)", f.task.portal_id, outcome, len(stored))
+        return case_id
+
+    def _search(self, rtype: str, params: dict[str, str], f: FetchedCase,
+                what: str) -> list[dict[str, Any]]:
+        try:
+            return self.client.search_all(rtype, params)
+        except (PortalRequestError, PortalDataError) as exc:
+            f.problems.add(f"the {what} could not be read ({_short(exc)})")
+            return []
+
+    def _fetch_case(self, t: TaskIn, have_media: set[str], with_history: bool) -> FetchedCase:
+        """Network part of one case (worker thread): resources, then photos."""
+        self._check_cancel()
+        c = self.client
+        f = FetchedCase(task=t)
+        f.problems.add(*t.problems)
+        if t.patient_id:
+            try:
+                f.patient = patient_from_fhir(c.read("Patient", t.patient_id))
+                f.problems.add(*f.patient.problems)
+            except (PortalRequestError, PortalDataError) as exc:
+                f.problems.add(f"the patient record could not be read ({_short(exc)})")
+        if t.focus_id:
+            try:
+                f.service_request = service_request_from_fhir(
+                    c.read("ServiceRequest", t.focus_id))
+                f.problems.add(*f.service_request.problems)
+            except (PortalRequestError, PortalDataError) as exc:
+                f.problems.add(f"the consult request could not be read ({_short(exc)})")
+            based_on = {"based-on": f"ServiceRequest/{t.focus_id}"}
+            media = []
+            for res in self._search("Media", based_on, f, "photo list"):
+                m, why = media_from_fhir(res)
+                if m is not None:
+                    media.append(m)
+                elif why:
+                    f.problems.add(why)
+            for res in self._search("QuestionnaireResponse", based_on, f, "questionnaire"):
+                f.questionnaires.append(questionnaire_from_fhir(res))
+            for res in self._search("Communication", based_on, f, "messages"):
+                msg = communication_from_fhir(res)
+                if msg is not None:
+                    f.messages.append(msg)
+            f.messages.sort(key=lambda m: (m.sent_at is None, m.sent_at or utcnow()))
+            media.sort(key=lambda m: (m.taken_at is None, m.taken_at or utcnow(), m.portal_id))
+            f.photos = self._download_all([m for m in media if m.portal_id not in have_media])
+        if t.patient_id:
+            f.allergies = self._allergies(t.patient_id)
+            if with_history:
+                f.history = [h for h in self._patient_tasks(t.patient_id)
+                             if h.portal_id != t.portal_id]
+        return f
+
+    def _allergies(self, patient_id: str) -> list[AllergyIn] | None:
+        """The patient's allergies (searched once per patient per sync)."""
+        with self._history_lock:
+            if patient_id in self._allergy_cache:
+                return self._allergy_cache[patient_id]
+        found: list[AllergyIn] | None
+        try:
+            found = [a for a in (allergy_from_fhir(r) for r in self.client.search_all(
+                "AllergyIntolerance", {"patient": f"Patient/{patient_id}"})) if a]
+        except (PortalRequestError, PortalDataError) as exc:
+            log.info("allergies of Patient/%s unavailable: %s", patient_id, type(exc).__name__)
+            found = None
+        with self._history_lock:
+            self._allergy_cache[patient_id] = found
+        return found
+
+    def _patient_tasks(self, patient_id: str) -> list[TaskIn]:
+        with self._history_lock:
+            cached = self._history.get(patient_id)
+        if cached is not None:
+            return cached
+        try:
+            found = self._tasks(self.client.search_all(
+                "Task", {"patient": f"Patient/{patient_id}"}))
+        except (PortalRequestError, PortalDataError) as exc:
+            log.info("earlier cases of Patient/%s unavailable: %s", patient_id,
+                     type(exc).__name__)
+            found = []
+        with self._history_lock:
+            self._history[patient_id] = found
+        return found
+
+    def _download_all(self, media: list[MediaIn]) -> list[FetchedPhoto]:
+        assert self._photos is not None
+        futures = [self._photos.submit(self._download, m) for m in media]
+        out = []
+        for fut in futures:
+            out.append(fut.result())  # PortalAuthError / SyncCancelled propagate
+        return out
+
+    def _download(self, m: MediaIn) -> FetchedPhoto:
+        from derm_workstation.imaging.probe import ImageRejected, probe_bytes
+
+        self._check_cancel()
+        ph = FetchedPhoto(media=m)
+        try:
+            got = self.client.download(m.attachment, self.ws.images, slots=self._transfers)
+        except PortalAuthError:
+            raise
+        except (DownloadError, PortalDataError, PortalRequestError,
+                PortalUnavailableError) as exc:
+            ph.error = _short(exc)
+            return ph
+        except PortalError as exc:  # pragma: no cover - every subclass is listed above
+            ph.error = _short(exc)
+            return ph
+        try:
+            facts = probe_bytes(self.ws.images.path_for(got.sha256).read_bytes())
+        except ImageRejected as exc:
+            ph.error = f"it is not a usable image ({_short(exc)})"
+            return ph
+        except OSError as exc:
+            ph.error = f"it could not be read back from the photo store ({exc.strerror})"
+            return ph
+        ph.sha256, ph.size = got.sha256, got.size
+        ph.content_type, ph.width, ph.height = facts.content_type, facts.width, facts.height
+        return ph
+
+
+__all__ = [
+    "CLOSED_STATUSES",
+    "HISTORY_PENDING",
+    "OPEN_STATUSES",
+    "PAGE_SIZE",
+    "FetchedCase",
+    "FetchedPhoto",
+    "Puller",
+    "SyncCancelled",
+    "apply_case",
+    "apply_task_fields",
+    "task_notice",
+]
