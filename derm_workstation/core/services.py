@@ -24,6 +24,7 @@ from derm_workstation.core.models import (
 )
 from derm_workstation.core.users import Actor
 from derm_workstation.core.views import (
+    AllergyView,
     CaseDetail,
     EarlierCaseView,
     MessageView,
@@ -130,7 +131,7 @@ class CaseService:
                 select(Case)
                 .where(Case.id == case_id)
                 .options(
-                    selectinload(Case.patient),
+                    selectinload(Case.patient).selectinload(Patient.allergies),
                     selectinload(Case.photos),
                     selectinload(Case.messages),
                     selectinload(Case.questionnaires)
@@ -180,6 +181,14 @@ class CaseService:
                     for m in c.messages
                 ),
                 earlier_cases=tuple(EarlierCaseView(*row) for row in earlier),
+                portal_notice=c.portal_notice,
+                claim_state=c.claim_state,
+                portal_business_status=c.portal_business_status,
+                portal_owner=c.portal_owner,
+                allergies=tuple(
+                    AllergyView(a.substance, a.clinical_status, a.criticality, a.reaction)
+                    for a in p.allergies
+                ),
             )
             if audit_view:
                 audit.record(s, self.actor, "case.view", "case", c.id)

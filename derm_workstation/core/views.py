@@ -221,6 +221,33 @@ class EarlierCaseView:
 
 
 @dataclass(frozen=True)
+class AllergyView:
+    """An allergy of the patient as the portal has it."""
+
+    substance: str
+    clinical_status: str | None
+    criticality: str | None
+    reaction: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "substance": self.substance,
+            "clinical_status": self.clinical_status,
+            "criticality": self.criticality,
+            "reaction": self.reaction,
+        }
+
+
+#: What the case banner says about the workstation's claim (``Case.claim_state``).
+CLAIM_STATE_LABELS = {
+    "pending": "Claimed by you (pending sync)",
+    "claimed": "Claimed by you",
+    "conflict": "Your claim conflicted with a change on the portal",
+    "elsewhere": "Claimed by someone else on the portal",
+}
+
+
+@dataclass(frozen=True)
 class CaseDetail:
     id: str
     case_number: str | None
@@ -241,6 +268,23 @@ class CaseDetail:
     questionnaire: tuple[QuestionView, ...]
     messages: tuple[MessageView, ...]
     earlier_cases: tuple[EarlierCaseView, ...] = field(default=())
+    #: A sentence about a change on the portal (cancelled / claimed / completed elsewhere,
+    #: a claim that conflicted); shown as the case banner.
+    portal_notice: str | None = None
+    claim_state: str | None = None
+    portal_business_status: str | None = None
+    portal_owner: str | None = None
+    allergies: tuple[AllergyView, ...] = field(default=())
+
+    @property
+    def claim_label(self) -> str | None:
+        return CLAIM_STATE_LABELS.get(self.claim_state or "")
+
+    @property
+    def claimable(self) -> bool:
+        """A portal case still waiting for someone (requested/received, not held)."""
+        return (self.portal_task_id is not None and self.status in ("requested", "received")
+                and not self.portal_owner and self.claim_state not in ("pending", "claimed"))
 
     @property
     def status_label(self) -> str:
@@ -269,7 +313,12 @@ class CaseDetail:
                 "task_version": self.portal_task_version,
                 "service_request_id": self.portal_service_request_id,
                 "patient_id": p.portal_id,
+                "business_status": self.portal_business_status,
+                "owner": self.portal_owner,
             },
+            "portal_notice": self.portal_notice,
+            "claim_state": self.claim_state,
+            "allergies": [a.as_json() for a in self.allergies],
             "patient": {
                 "id": p.id,
                 "name": p.name,

@@ -120,7 +120,7 @@ def run_gui(opts: GuiOptions) -> int:
         state["workspace"] = workspace
         window.attach(workspace, service)
         if opts.demo:
-            start_demo_seed(window, workspace, opts)
+            start_demo_portal(window, workspace, opts, state)
         else:
             window.refresh()
 
@@ -150,7 +150,11 @@ def run_gui(opts: GuiOptions) -> int:
     window.show()
     tasks.run_db(lambda: open_store(opts), store_ready, store_failed)
     code = app.exec()
+    window.sync.close()  # cancel a running sync so the network lane ends promptly
     tasks.shutdown(wait=True)
+    portal = state.get("portal")
+    if portal is not None:
+        portal.stop()  # type: ignore[attr-defined]
     ws = state["workspace"]
     if ws is not None:
         ws.close()  # type: ignore[attr-defined]
@@ -203,3 +207,61 @@ def start_demo_seed(window: QtMainWindow, workspace: Workspace, opts: GuiOptions
     window.hold_ready(True)
     window.statusBar().showMessage("Preparing demo cases…")
     window.run_in_background(work, finished)
+
+
+def start_demo_portal(window: QtMainWindow, workspace: Workspace, opts: GuiOptions,
+                      state: dict[str, object]) -> None:
+    """The demo's real path: start the reference portal in-process on loopback (seeded when
+    its database is empty), point the workstation at it with a random token for this
+    process only (never stored in the keyring), and run a first sync into the local store.
+
+    The portal database is ``<data dir>/portal/portal.sqlite3``, so ``--demo --data-dir D``
+    keeps it (and the synced cases) for the CLI; it is stopped when the app exits.
+    """
+    import secrets
+    from datetime import UTC, datetime
+
+    relay = QtProgressRelay(window)
+    relay.progressed.connect(
+        lambda done, total: window.show_progress("Preparing the demo portal", done, total))
+    token = secrets.token_urlsafe(24)
+    db_path = workspace.paths.root / "portal" / "portal.sqlite3"
+    # The hour, not the second: the demo photo render cache is keyed on the dataset's "now".
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+
+    def start() -> object:
+        from derm_workstation.portal.reference.server import ReferencePortal
+
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        return ReferencePortal.start(db_path, port=0, token=token, seed_cases=opts.demo_cases,
+                                     seed=opts.demo_seed, now=now, cache_dir=opts.demo_cache,
+                                     progress=relay.progressed.emit)
+
+    def release(_outcome: object = None) -> None:
+        window.sync.finished.disconnect(release)
+        window.sync.failed.disconnect(release)
+        window.hold_ready(False)
+        # Start on the first case of the queue (the most urgent), not on whichever case
+        # happened to arrive first while the sync was running.
+        window.show_first_case()
+
+    def started(portal: object) -> None:
+        state["portal"] = portal
+        window.show_progress("Preparing the demo portal", 1, 1)
+        window.statusBar().showMessage("Fetching the demo cases from the portal…")
+        window.sync.finished.connect(release)
+        window.sync.failed.connect(release)
+        window.sync.use_portal(portal.base_url, token)  # type: ignore[attr-defined]
+        if not window.sync.sync_now():
+            release()
+
+    def failed(exc: BaseException) -> None:
+        log.error("the demo portal did not start", exc_info=exc)
+        window.statusBar().showMessage("The demo portal did not start; details are in the "
+                                       "log file.", 30000)
+        window.hold_ready(False)
+        window.refresh()
+
+    window.hold_ready(True)
+    window.statusBar().showMessage("Starting the demo portal…")
+    window.tasks.run_net(start, started, failed)

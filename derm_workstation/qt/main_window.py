@@ -41,6 +41,12 @@ from derm_workstation.qt.models.qt_queue_model import (
 )
 from derm_workstation.qt.tasks import QtTaskManager
 from derm_workstation.qt.widgets.qt_case_panel import QtCasePanel
+from derm_workstation.qt.widgets.qt_sync_status import (
+    QtSyncController,
+    QtSyncStatus,
+    SyncOutcome,
+    SyncSnapshot,
+)
 
 if TYPE_CHECKING:
     from derm_workstation.core.services import CaseService
@@ -109,6 +115,9 @@ class QtMainWindow(QMainWindow):
         self._hold_ready = False
         self._pending_select: str | None = None
         self._requested_case: str | None = None
+        #: The next queue load keeps the open case on screen even when it has left the
+        #: list (a sync cancelled or completed it elsewhere: its banner must stay visible).
+        self._keep_open_case = False
 
         self.model = QtQueueModel(tasks)
         self.model.loaded.connect(self._on_queue_loaded)
@@ -164,6 +173,10 @@ class QtMainWindow(QMainWindow):
         self.case_panel.open_case_requested.connect(self.open_case)
         self.case_panel.compare_requested.connect(self.open_compare)
         self.case_panel.case_changed.connect(self._on_case_changed)
+        self.case_panel.claim_requested.connect(self.claim_case)
+        self.sync = QtSyncController(tasks, self)
+        self.sync_status = QtSyncStatus(self)
+        self.outbox_dialog: QWidget | None = None
         self.compare_window: QWidget | None = None
 
         top = QWidget(self)
@@ -229,6 +242,22 @@ class QtMainWindow(QMainWindow):
         self.compare_action.setObjectName("compareAction")
         self.compare_action.triggered.connect(self.open_compare)
         view_menu.addAction(self.compare_action)
+        portal_menu = self.menuBar().addMenu("&Portal")
+        self.sync_action = QAction("&Sync now", self, shortcut=QKeySequence("F9"))
+        self.sync_action.setObjectName("syncNowAction")
+        self.sync_action.setStatusTip("Fetch new cases from the portal and send waiting changes")
+        self.sync_action.triggered.connect(self.sync_now)
+        portal_menu.addAction(self.sync_action)
+        self.claim_action = QAction("&Claim open case", self)
+        self.claim_action.setObjectName("claimAction")
+        self.claim_action.setStatusTip("Take the open case: the portal is told with the next sync")
+        self.claim_action.triggered.connect(lambda: self.claim_case())
+        portal_menu.addAction(self.claim_action)
+        self.outbox_action = QAction("&Outbox…", self)
+        self.outbox_action.setObjectName("outboxAction")
+        self.outbox_action.setStatusTip("Changes waiting for the portal, and ones it refused")
+        self.outbox_action.triggered.connect(self.open_outbox)
+        portal_menu.addAction(self.outbox_action)
         help_menu = self.menuBar().addMenu("&Help")
         about = QAction("&About", self)
         about.setObjectName("aboutAction")
@@ -251,6 +280,14 @@ class QtMainWindow(QMainWindow):
         sb.addWidget(self.location_label, 1)
         sb.addPermanentWidget(self.progress)
         sb.addPermanentWidget(self.counts_label)
+        sb.addPermanentWidget(self.sync_status)
+        self.sync_status.sync_requested.connect(self.sync_now)
+        self.sync_status.outbox_requested.connect(self.open_outbox)
+        self.sync.started.connect(lambda: self.sync_status.set_syncing(True))
+        self.sync.progressed.connect(self._on_sync_progress)
+        self.sync.finished.connect(self._on_sync_finished)
+        self.sync.snapshot_changed.connect(self._on_sync_snapshot)
+        self.sync.failed.connect(self._on_sync_failed)
 
     def attach(self, workspace: Workspace, service: CaseService) -> None:
         """Connect the window to the opened store and start loading the queue."""
@@ -261,6 +298,7 @@ class QtMainWindow(QMainWindow):
         self.model.attach(service)
         self.case_panel.attach(service, ThumbnailCache(workspace.paths.cache / "thumbnails"))
         self.location_label.setText(f"Data: {workspace.location}")
+        self.sync.attach(workspace, service.actor)
 
     # -- geometry -------------------------------------------------------------------------------
     def _restore_geometry(self) -> None:
@@ -283,6 +321,7 @@ class QtMainWindow(QMainWindow):
         self.settings.sync()
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        self.sync.close()  # cancels a running sync; the lane is joined at shutdown
         self._unsubscribe()
         self.save_geometry()
         super().closeEvent(event)
@@ -306,7 +345,8 @@ class QtMainWindow(QMainWindow):
         self._apply_filters()
         self.table.setFocus()
 
-    def refresh(self) -> None:
+    def refresh(self, keep_open_case: bool = False) -> None:
+        self._keep_open_case = keep_open_case
         self.model.reload()
         self.refresh_counts()
 
@@ -326,7 +366,11 @@ class QtMainWindow(QMainWindow):
         target = self._pending_select or (self.case_panel.detail.id if self.case_panel.detail
                                           else None)
         self._pending_select = None
+        keep, self._keep_open_case = self._keep_open_case, False
         row = self.model.row_of(target) if target else -1
+        if row < 0 and keep and self.case_panel.detail is not None:
+            self.table.clearSelection()  # the open case stays, with its banner
+            return
         if row < 0 and n > 0 and not self.filter_ui.searchEdit.hasFocus():
             row = 0
         if row >= 0:
@@ -339,6 +383,15 @@ class QtMainWindow(QMainWindow):
         elif n == 0:
             self.case_panel.clear()
             self._maybe_ready()
+
+    def show_first_case(self) -> None:
+        """Reload the queue and open its first (most urgent) case, dropping any case load
+        still in flight (e.g. after the demo's first sync)."""
+        self._requested_case = None
+        self._pending_select = None
+        self.table.clearSelection()
+        self.case_panel.clear()
+        self.refresh()
 
     def select_case(self, case_id: str) -> None:
         """Select a case in the queue (after the next load if it is not there yet)."""
@@ -370,6 +423,96 @@ class QtMainWindow(QMainWindow):
             return  # the clinician has moved on to another case
         self.case_panel.show_case(detail)
         self.case_shown.emit(detail.id)
+
+    # -- portal -------------------------------------------------------------------------------
+    def sync_now(self) -> None:
+        """Sync with the portal now (F9, Portal > Sync now, the status-bar button)."""
+        if self.sync.running:
+            self.statusBar().showMessage("A sync is already running.", 5000)
+            return
+        self.sync.sync_now()
+
+    def _on_sync_progress(self, done: int, total: int) -> None:
+        self.sync_status.set_progress(done, total)
+        if done == 1 or done % 10 == 0:
+            self.refresh(keep_open_case=True)  # cases appear as they are committed
+
+    def _on_sync_snapshot(self, snap: SyncSnapshot) -> None:
+        self.sync_status.set_snapshot(snap)
+        self.case_panel.claims_enabled = snap.configured
+        self.sync_action.setEnabled(snap.configured)
+        self.claim_action.setEnabled(snap.configured)
+
+    def _on_sync_failed(self, message: str) -> None:
+        self.sync_status.set_syncing(False)
+        self.statusBar().showMessage(message, 15000)
+
+    def _on_sync_finished(self, outcome: SyncOutcome) -> None:
+        self.sync_status.set_syncing(False)
+        s = outcome.summary
+        if s.completed:
+            text = f"Sync finished: {s.cases_new} new, {s.cases_updated} updated case(s)"
+            if s.outbox_sent:
+                text += f", {s.outbox_sent} change(s) sent"
+            self.statusBar().showMessage(text + ".", 10000)
+        elif not outcome.online:
+            self.statusBar().showMessage(
+                "Portal unreachable: everything here can still be used.", 15000)
+        else:
+            self.statusBar().showMessage(f"Sync incomplete: {s.errors[0]}" if s.errors
+                                         else "Sync incomplete.", 15000)
+        self.refresh(keep_open_case=True)
+        d = self.case_panel.detail
+        if d is not None:
+            noticed = {cid for cid, _n in s.notices}
+            if d.id in s.changed_case_ids or d.id in noticed or d.claim_state == "pending":
+                self.open_case(d.id)
+
+    def claim_case(self, case_id: str | None = None) -> None:
+        """Claim a case (default: the open one): locally now, on the portal via the outbox;
+        pushed at once when the portal was reachable at the last attempt."""
+        ws, service = self.workspace, self.service
+        target = case_id or (self.case_panel.detail.id if self.case_panel.detail else None)
+        if ws is None or service is None or target is None:
+            return
+        from derm_workstation.core.portal_actions import PortalActions
+
+        actions = PortalActions(ws, service.actor)
+
+        def done(result: object) -> None:
+            self.statusBar().showMessage(getattr(result, "message", "Claimed."), 10000)
+            self.open_case(target)
+            self.model.reload()
+            self.refresh_counts()
+            self.sync.refresh()
+            if getattr(result, "state", "") == "queued" and self.sync.snapshot.online \
+                    and not self.sync.running:
+                self.sync.sync_now()
+
+        self.tasks.run_db(lambda: actions.claim(target), done, self._on_error)
+
+    def open_outbox(self) -> None:
+        """Portal > Outbox…: what waits for the portal, what it refused; Retry."""
+        from derm_workstation.qt.dialogs.qt_outbox_dialog import QtOutboxDialog
+
+        if self.workspace is None or self.service is None:
+            return
+        if self.outbox_dialog is not None:
+            self.outbox_dialog.raise_()
+            self.outbox_dialog.activateWindow()
+            return
+        dlg = QtOutboxDialog(self.tasks, self.workspace, self.service.actor, self)
+        dlg.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dlg.retried.connect(lambda _id: self._after_retry())
+        dlg.destroyed.connect(lambda *_: setattr(self, "outbox_dialog", None))
+        self.outbox_dialog = dlg
+        dlg.show()
+
+    def _after_retry(self) -> None:
+        self.sync.refresh()
+        d = self.case_panel.detail
+        if d is not None:
+            self.open_case(d.id)
 
     # -- compare and import ---------------------------------------------------------------
     def open_compare(self) -> None:

@@ -2,7 +2,11 @@
 
 * the **database lane**: one thread, so SQLite sees a single writer and work
   runs in the order it was asked for;
-* the **image pool**: a few threads for reading and decoding photos.
+* the **image pool**: a few threads for reading and decoding photos;
+* the **network lane**: one thread for portal syncs. A sync can take minutes (photo
+  downloads), so it must not hold up the database lane, which the queue and the open
+  case need; the sync engine opens its own short sessions (SQLite in WAL mode serialises
+  the few writes), and at most one sync runs at a time.
 
 Work is submitted with a callback; the result (or the exception) comes back on
 the GUI thread through a queued signal. Nothing here ever waits on the GUI
@@ -37,6 +41,7 @@ class QtTaskManager(QObject):
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-lane")
         n = image_workers or max(2, min(4, os.cpu_count() or 2))
         self._images = ThreadPoolExecutor(max_workers=n, thread_name_prefix="image-pool")
+        self._net = ThreadPoolExecutor(max_workers=1, thread_name_prefix="net-lane")
         self._pending = 0
         self._closed = False
         self._deliver.connect(self._on_deliver, Qt.ConnectionType.QueuedConnection)
@@ -52,6 +57,10 @@ class QtTaskManager(QObject):
     def run_image(self, fn: Callable[[], Any], on_done: Done | None = None,
                   on_error: Failed | None = None) -> None:
         self._submit(self._images, fn, on_done, on_error)
+
+    def run_net(self, fn: Callable[[], Any], on_done: Done | None = None,
+                on_error: Failed | None = None) -> None:
+        self._submit(self._net, fn, on_done, on_error)
 
     def _submit(self, pool: ThreadPoolExecutor, fn: Callable[[], Any], on_done: Done | None,
                 on_error: Failed | None) -> None:
@@ -83,3 +92,4 @@ class QtTaskManager(QObject):
         self._closed = True
         self._db.shutdown(wait=wait, cancel_futures=True)
         self._images.shutdown(wait=wait, cancel_futures=True)
+        self._net.shutdown(wait=wait, cancel_futures=True)

@@ -101,6 +101,8 @@ class QtCasePanel(QWidget):
     compare_requested = Signal()
     #: Photos were added to the case (its id): reload it and the queue.
     case_changed = Signal(str)
+    #: The clinician clicked "Claim this case" in the banner (case id).
+    claim_requested = Signal(str)
 
     def __init__(self, tasks: QtTaskManager, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -118,12 +120,18 @@ class QtCasePanel(QWidget):
         self._shown_photo: str | None = None
         self._wanted_photo: str | None = None  # the latest photo asked for
         self._generation = 0
+        self._banner_plain: list[str] = []
         ui = self.ui
         ui.patientLabel.setObjectName("patientLabel")
         ui.patientLabel.setProperty("role", "title")
         ui.caseMetaLabel.setProperty("role", "subtitle")
         ui.bannerLabel.setProperty("role", "banner")
         ui.bannerLabel.setVisible(False)
+        ui.bannerLabel.setTextFormat(Qt.TextFormat.RichText)
+        ui.bannerLabel.setWordWrap(True)
+        ui.bannerLabel.linkActivated.connect(self._on_banner_link)
+        #: Offer "Claim this case" in the banner (a portal is set up).
+        self.claims_enabled = False
         # Header lines keep their natural height; the photos and details get the rest.
         for label in (ui.patientLabel, ui.caseMetaLabel, ui.bannerLabel):
             label.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
@@ -198,6 +206,7 @@ class QtCasePanel(QWidget):
         ui.patientLabel.setText("No case selected")
         ui.caseMetaLabel.setText("Select a case in the queue to see its photos and details.")
         ui.bannerLabel.setVisible(False)
+        self._banner_plain = []
         for w in (ui.complaintValue, ui.siteValue, ui.submittedValue, ui.photoInfoLabel):
             w.setText("")
         ui.descriptionView.clear()
@@ -227,13 +236,7 @@ class QtCasePanel(QWidget):
             f"Case {number}  ·  {d.priority_label}  ·  {d.status_label}  ·  "
             f"waiting {waiting_text(d.submitted_at)}  ·  {len(d.photos)} photo(s)"
         )
-        banner = []
-        if d.incomplete_reason:
-            banner.append(f"Incomplete from portal: {d.incomplete_reason}")
-        if d.priority in ("stat", "asap", "urgent"):
-            banner.append(f"{d.priority_label} case: review promptly.")
-        ui.bannerLabel.setText("   ".join(banner))
-        ui.bannerLabel.setVisible(bool(banner))
+        self._show_banner(d)
         ui.complaintValue.setText(d.chief_complaint or "—")
         ui.siteValue.setText(d.body_site or "—")
         ui.submittedValue.setText(_fmt_dt(d.submitted_at))
@@ -244,6 +247,46 @@ class QtCasePanel(QWidget):
         self._fill_thumbnails(d)
 
     # -- filling ----------------------------------------------------------------------------
+    def banner_parts(self, d: CaseDetail) -> list[str]:
+        """The banner's sentences (plain text), most important first."""
+        parts = []
+        if d.portal_notice:
+            parts.append(f"Portal: {d.portal_notice}")
+        if d.claim_label and d.claim_state in ("pending", "elsewhere", "conflict") and not (
+                d.portal_notice and d.claim_state != "pending"):  # the notice already says it
+            parts.append(d.claim_label)
+        elif d.claim_state == "claimed" and d.assignee:
+            parts.append(f"Claimed by you ({d.assignee})")
+        if d.incomplete_reason:
+            parts.append(f"Incomplete from portal: {d.incomplete_reason}")
+        if d.priority in ("stat", "asap", "urgent"):
+            parts.append(f"{d.priority_label} case: review promptly.")
+        return parts
+
+    def banner_text(self) -> str:
+        """The banner as plain text ('' when hidden)."""
+        if not self.ui.bannerLabel.isVisibleTo(self):
+            return ""
+        return " · ".join(self._banner_plain)
+
+    def _show_banner(self, d: CaseDetail) -> None:
+        parts = self.banner_parts(d)
+        self._banner_plain = list(parts)
+        html_parts = [html.escape(p) for p in parts]
+        if d.portal_notice:
+            html_parts[0] = f"<b>{html_parts[0]}</b>"
+        if self.claims_enabled and d.claimable:
+            html_parts.append("Not claimed yet: <a href='claim' style='color:#9cc4ff'>"
+                              "Claim this case</a>")
+            self._banner_plain.append("Not claimed yet: Claim this case")
+        label = self.ui.bannerLabel
+        label.setText("&nbsp;&nbsp;·&nbsp;&nbsp;".join(html_parts))
+        label.setVisible(bool(html_parts))
+
+    def _on_banner_link(self, link: str) -> None:
+        if link == "claim" and self._detail is not None:
+            self.claim_requested.emit(self._detail.id)
+
     def _fill_questionnaire(self, questions: tuple[QuestionView, ...]) -> None:
         tree = self.ui.questionnaireTree
         tree.clear()
