@@ -225,6 +225,28 @@ class Photo(Base):
     case: Mapped[Case] = relationship(back_populates="photos")
 
 
+class Annotation(Base):
+    """A vector annotation on a photo, in displayed-image pixel coordinates.
+
+    Never burned into the original. ``geometry`` holds ``{"points": [[x, y], ...]}``
+    (and for an ellipse its rotation); see :mod:`derm_workstation.core.annotations`.
+    """
+
+    __tablename__ = "annotations"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    photo_id: Mapped[str] = mapped_column(
+        ForeignKey("photos.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(32))
+    geometry: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    label: Mapped[str] = mapped_column(Text, default="")
+    lesion_number: Mapped[int | None] = mapped_column(Integer)
+    author: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
 class QuestionnaireResponse(Base):
     __tablename__ = "questionnaire_responses"
 
@@ -423,6 +445,7 @@ __all__ = [
     "SEXES",
     "STATUS_LABELS",
     "Allergy",
+    "Annotation",
     "AuditEvent",
     "Base",
     "Case",

@@ -239,3 +239,30 @@ def test_a_slow_earlier_photo_never_replaces_the_chosen_one(qtbot, window: QtMai
     # let every queued decode finish: the stale ones must be ignored
     qtbot.waitUntil(lambda: window.tasks.pending == 0, timeout=TIMEOUT)
     assert panel.shown_photo_id == wanted and panel.ui.photoView.has_image
+
+
+def test_annotation_tools_in_the_case_panel_save_to_the_store(
+        qtbot, window: QtMainWindow, ws: Workspace) -> None:
+    """The annotation layer is part of the open case: a ruler drawn on the photo is saved
+    for that photo and is there again after the window is gone (a restart)."""
+    from derm_workstation.core.annotations import AnnotationService
+    from derm_workstation.core.users import local_actor as actor
+
+    panel = window.case_panel
+    layer = panel.annotations
+    assert layer is not None and layer.toolbar().isVisibleTo(window)
+    photo_id = panel.shown_photo_id
+    assert photo_id is not None
+    qtbot.waitUntil(lambda: layer.pending_saves == 0, timeout=TIMEOUT)
+    layer.set_tool("ruler")
+    view = panel.ui.photoView
+    start, end = QPoint(view.width() // 3, view.height() // 2), QPoint(
+        2 * view.width() // 3, view.height() // 2)
+    qtbot.mousePress(view, Qt.MouseButton.LeftButton, pos=start)
+    for i in range(1, 5):
+        qtbot.mouseMove(view, start + (end - start) * i / 4)
+    qtbot.mouseRelease(view, Qt.MouseButton.LeftButton, pos=end)
+    qtbot.waitUntil(lambda: layer.pending_saves == 0, timeout=TIMEOUT)
+    window.close()
+    [ruler] = AnnotationService(ws, actor()).list(photo_id)
+    assert ruler.kind == "ruler"

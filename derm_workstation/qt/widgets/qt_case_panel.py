@@ -44,6 +44,7 @@ from derm_workstation.qt.widgets.qt_photo_layer import PhotoSource
 if TYPE_CHECKING:
     from derm_workstation.core.services import CaseService
     from derm_workstation.imaging.thumbnails import ThumbnailCache
+    from derm_workstation.qt.widgets.qt_annotation_layer import QtAnnotationLayer
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,7 @@ class QtCasePanel(QWidget):
         ui.photoToolbar.ui.compareButton.clicked.connect(self.compare_requested)
         ui.photoToolbar.ui.importButton.clicked.connect(lambda: self.start_import())
         view.show_message("Select a case to see its photos")
+        self.annotations: QtAnnotationLayer | None = None
         self.setAcceptDrops(True)
         self.setEnabled(False)
 
@@ -167,6 +169,15 @@ class QtCasePanel(QWidget):
         """Connect to the opened store (the window exists before the store is open)."""
         self._service = service
         self._thumbs = thumbs
+        if self.annotations is None:
+            # Created here, not at start-up: the layer's core module loads SQLAlchemy,
+            # which the database lane has imported by the time the store is attached.
+            from derm_workstation.qt.widgets.qt_annotation_layer import QtAnnotationLayer
+
+            view = self.ui.photoView
+            self.annotations = QtAnnotationLayer(view)
+            layout = self.ui.photoLayout
+            layout.insertWidget(layout.indexOf(view), self.annotations.toolbar())
 
     @property
     def detail(self) -> CaseDetail | None:
@@ -216,6 +227,8 @@ class QtCasePanel(QWidget):
         ui.thumbnailList.clear()
         self._thumb_images.clear()
         ui.photoView.show_message("Select a case to see its photos")
+        if self.annotations is not None:
+            self.annotations.close_photo()
         self.setEnabled(False)
 
     def show_case(self, d: CaseDetail) -> None:
@@ -365,6 +378,8 @@ class QtCasePanel(QWidget):
             self._select_last = False
         else:
             self.ui.photoView.show_message("This case has no photos.")
+            if self.annotations is not None:
+                self.annotations.close_photo()
             self.ui.photoInfoLabel.setText("")
             self.photo_shown.emit("")
 
@@ -417,6 +432,17 @@ class QtCasePanel(QWidget):
         # The view decodes on the image pool and drops results for a photo it no longer
         # shows, so quick clicks through the strip always end on the last one.
         self.ui.photoView.open_photo(self.photo_source(ph), self._thumb_images.get(ph.id))
+        self._open_annotations(ph)
+
+    def _open_annotations(self, ph: PhotoView) -> None:
+        """Show (and let the clinician edit) this photo's annotations."""
+        service = self._service
+        if self.annotations is None or service is None:
+            return
+        from derm_workstation.core.annotations import AnnotationService
+
+        self.annotations.open_photo(ph.id, AnnotationService(service.ws, service.actor),
+                                    self._tasks, ph.calibration_px_per_mm)
 
     def _current_photo(self, key: str) -> str | None:
         ph = self._photo_by_id.get(self._wanted_photo or "")
