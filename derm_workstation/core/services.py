@@ -194,6 +194,15 @@ class CaseService:
                 audit.record(s, self.actor, "case.view", "case", c.id)
             return detail
 
+    def photo_hashes(self, case_ids: Sequence[str]) -> list[str]:
+        """SHA-256 of every photo of these cases (for preparing previews in the background)."""
+        self.actor.require("case.view")
+        if not case_ids:
+            return []
+        with self.ws.db.session() as s:
+            return list(s.scalars(select(Photo.sha256).where(Photo.case_id.in_(list(case_ids)))
+                                  .distinct()))
+
     def photo_bytes(self, sha256: str) -> bytes:
         """Verified bytes of a stored photo (raises ImageCorruptError when damaged)."""
         self.actor.require("case.view")

@@ -462,11 +462,37 @@ class QtMainWindow(QMainWindow):
             self.statusBar().showMessage(f"Sync incomplete: {s.errors[0]}" if s.errors
                                          else "Sync incomplete.", 15000)
         self.refresh(keep_open_case=True)
+        self._prepare_previews(list(s.changed_case_ids))
         d = self.case_panel.detail
         if d is not None:
             noticed = {cid for cid, _n in s.notices}
             if d.id in s.changed_case_ids or d.id in noticed or d.claim_state == "pending":
                 self.open_case(d.id)
+
+    def _prepare_previews(self, case_ids: list[str]) -> None:
+        """Make thumbnails and quick previews of newly synced photos in the background, so
+        the first time a clinician opens one it appears at once (one image-pool task, so
+        photos the clinician clicks are not queued behind a whole sync's worth)."""
+        service, thumbs = self.service, self.case_panel.thumbs
+        if service is None or thumbs is None or not case_ids:
+            return
+        from derm_workstation.imaging.levels import PREVIEW_SIZE
+        from derm_workstation.qt.widgets.qt_case_panel import THUMB_SIZE
+
+        def make_all(hashes: list[str]) -> int:
+            made = 0
+            for sha in hashes:
+                for size in (THUMB_SIZE, PREVIEW_SIZE):
+                    try:
+                        thumbs.get_or_create(sha, size, lambda sha=sha: service.photo_bytes(sha))
+                        made += 1
+                    except Exception as exc:  # a damaged photo is reported when opened
+                        log.info("no preview for a synced photo: %s", exc)
+            return made
+
+        self.tasks.run_db(lambda: service.photo_hashes(case_ids),
+                          lambda hashes: self.tasks.run_image(lambda: make_all(hashes)),
+                          lambda exc: log.info("previews not prepared: %s", exc))
 
     def claim_case(self, case_id: str | None = None) -> None:
         """Claim a case (default: the open one): locally now, on the portal via the outbox;

@@ -309,3 +309,20 @@ def test_a_case_cancelled_on_the_portal_keeps_its_banner_on_screen(
     data = json.loads(json.dumps(CaseService(ws, local_actor()).case_detail(
         d.id, audit_view=False).as_json()))
     assert data["portal_notice"] and data["portal"]["task_id"] == d.portal_task_id
+
+
+def test_synced_photos_get_their_quick_preview_in_the_background(
+        qtbot, window: QtMainWindow, portal: ReferencePortal, ws: Workspace) -> None:
+    """After a sync, every new photo's thumbnail and quick preview are made on the image
+    pool, so the first time a clinician opens one it appears at once."""
+    from derm_workstation.imaging.levels import PREVIEW_SIZE
+
+    outcome = connect_portal(qtbot, window, portal.base_url)
+    assert outcome.summary.completed and outcome.summary.photos_downloaded >= 1
+    assert window.service is not None and window.case_panel.thumbs is not None
+    hashes = window.service.photo_hashes(list(outcome.summary.changed_case_ids))
+    assert len(hashes) >= 1
+    thumbs = window.case_panel.thumbs
+    qtbot.waitUntil(lambda: all(thumbs.get(h, PREVIEW_SIZE) is not None for h in hashes),
+                    timeout=TIMEOUT)
+    assert all(thumbs.get(h, 256) is not None for h in hashes)
