@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 if TYPE_CHECKING:
     from derm_workstation.core.workspace import Workspace
 
-MODULES: tuple[str, ...] = ("queue", "case", "demo", "image", "portal", "sync")
+MODULES: tuple[str, ...] = ("queue", "case", "demo", "image", "portal", "sync", "analyze")
 
 
 class Parser(argparse.ArgumentParser):

@@ -1,0 +1,167 @@
+"""Automatic lesion segmentation scored by the Jaccard index (intersection over union).
+
+Two kinds of data:
+
+* **Real dermoscopic images with expert masks**, when present: every set under
+  ``../shared/data/lesions`` (relative to the repository; or ``$DERM_LESION_DATA``)
+  with a ``manifest.csv`` (``image``, ``mask`` columns). Masks are thresholded at
+  128 (some are lossy JPEG). These files are not part of the project and are never
+  copied into it; without them the real-data rows are skipped.
+* **Synthetic photos with exact masks** (``imaging.synthetic``): Fitzpatrick I-VI,
+  clinical close-ups of a pigmented lesion with a calibration sticker, dermoscopic
+  photos (dark round field, hair, vignette) and psoriasis plaques. For multi-plaque
+  renders the score is against the largest true piece (segmentation proposes one
+  lesion).
+
+Per set: mean, median, share of images under 0.65 (the ISIC 2018 "thresholded
+Jaccard" counts those as 0) and the worst image, for the automatic mode and for one
+click at the most interior point of the true mask. No parameter is tuned per image.
+
+    python -m benchmarks.segmentation_eval [--synthetic-per-cell 3] [--per-image]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from derm_workstation.imaging.segmentation import NoLesionFound, segment
+from derm_workstation.imaging.synthetic import PhotoSpec, render_rgb
+
+from ._common import report
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "lesions"
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    union = int((a | b).sum())
+    return 1.0 if union == 0 else int((a & b).sum()) / union
+
+
+def _largest(mask: np.ndarray) -> np.ndarray:
+    lab, n = ndimage.label(mask)
+    if n <= 1:
+        return mask
+    return lab == 1 + int(np.argmax(np.bincount(lab.ravel())[1:]))
+
+
+def _interior_point(mask: np.ndarray) -> tuple[float, float]:
+    d = ndimage.distance_transform_edt(mask)
+    y, x = np.unravel_index(int(np.argmax(d)), d.shape)
+    return x + 0.5, y + 0.5
+
+
+def _score(rgb: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:
+    """(automatic Jaccard, one-click Jaccard, seconds for the automatic run)."""
+    t0 = time.perf_counter()
+    try:
+        auto = segment(rgb).mask
+    except NoLesionFound:
+        auto = np.zeros_like(truth)
+    dt = time.perf_counter() - t0
+    try:
+        seeded = segment(rgb, _interior_point(truth)).mask
+    except NoLesionFound:
+        seeded = np.zeros_like(truth)
+    return jaccard(auto, truth), jaccard(seeded, truth), dt
+
+
+def real_sets(root: Path) -> dict[str, list[tuple[str, np.ndarray, np.ndarray]]]:
+    sets: dict[str, list[tuple[str, np.ndarray, np.ndarray]]] = {}
+    if not root.is_dir():
+        return sets
+    for manifest in sorted(root.glob("*/manifest.csv")):
+        folder = manifest.parent
+        items = []
+        with manifest.open(newline="", encoding="utf-8") as fh:
+            for row in csv.DictReader(fh):
+                rgb = np.asarray(Image.open(folder / row["image"]).convert("RGB"))
+                mask = np.asarray(Image.open(folder / row["mask"]).convert("L")) >= 128
+                if mask.shape != rgb.shape[:2]:
+                    mask = np.asarray(Image.fromarray(mask).resize(
+                        (rgb.shape[1], rgb.shape[0]), Image.Resampling.NEAREST))
+                items.append((Path(row["image"]).name, rgb, mask))
+        if items:
+            sets[folder.name] = items
+    return sets
+
+
+def synthetic_sets(per_cell: int) -> dict[str, list[tuple[str, np.ndarray, np.ndarray]]]:
+    cells = (
+        ("synthetic clinical mole + sticker", dict(kind="pigmented", px_per_mm=10.0,
+                                                   with_reference=True)),
+        ("synthetic dermoscopic", dict(kind="pigmented", px_per_mm=20.0, dermoscopic=True)),
+        ("synthetic psoriasis plaque", dict(kind="psoriasis", px_per_mm=5.5)),
+    )
+    out: dict[str, list[tuple[str, np.ndarray, np.ndarray]]] = {}
+    for name, kw in cells:
+        items = []
+        for fz in range(1, 7):
+            for k in range(per_cell):
+                seed = 10_000 + 97 * fz + 7 * k + len(name)
+                spec = PhotoSpec(seed=seed, fitzpatrick=fz, severity=(0.2, 0.5, 0.8)[k % 3],
+                                 width=800, height=600, **kw)  # type: ignore[arg-type]
+                rgb, mask, _ref = render_rgb(spec)
+                items.append((f"fz{fz}-seed{seed}", rgb, _largest(mask)))
+        out[name] = items
+    return out
+
+
+def summarise(name: str, scores: list[tuple[str, float, float, float]]) -> dict[str, Any]:
+    auto = [s[1] for s in scores]
+    seeded = [s[2] for s in scores]
+    worst = min(scores, key=lambda s: s[1])
+    return {
+        "set": name,
+        "n": len(scores),
+        "mean": round(statistics.fmean(auto), 3),
+        "median": round(statistics.median(auto), 3),
+        "share<0.65": round(sum(a < 0.65 for a in auto) / len(auto), 3),
+        "worst": f"{worst[1]:.2f} {worst[0]}",
+        "click mean": round(statistics.fmean(seeded), 3),
+        "click median": round(statistics.median(seeded), 3),
+        "s/image": round(statistics.fmean(s[3] for s in scores), 2),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path,
+                    default=Path(os.environ.get("DERM_LESION_DATA", DEFAULT_DATA)))
+    ap.add_argument("--synthetic-per-cell", type=int, default=3,
+                    help="synthetic photos per Fitzpatrick type and kind (default 3)")
+    ap.add_argument("--per-image", action="store_true", help="also print every image")
+    args = ap.parse_args()
+
+    sets = real_sets(args.data)
+    if not sets:
+        print(f"(no real lesion data at {args.data}: real-image rows skipped)")
+    sets.update(synthetic_sets(args.synthetic_per_cell))
+    rows = []
+    per_image: dict[str, list[dict[str, Any]]] = {}
+    for name, items in sets.items():
+        scores = []
+        for image_name, rgb, truth in items:
+            auto, seeded, dt = _score(rgb, truth)
+            scores.append((image_name, auto, seeded, dt))
+            if args.per_image:
+                print(f"{name:36s} {image_name:32s} auto {auto:.3f}  click {seeded:.3f}")
+        per_image[name] = [{"image": s[0], "auto": round(s[1], 4), "click": round(s[2], 4)}
+                           for s in scores]
+        rows.append(summarise(name, scores))
+    report("segmentation_eval", rows, {"per_image": per_image,
+                                       "real_data": str(args.data) if sets else None})
+
+
+if __name__ == "__main__":
+    main()
