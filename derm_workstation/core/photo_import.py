@@ -32,6 +32,7 @@ from derm_workstation.core import audit
 from derm_workstation.core.errors import DermError, InputError, NotFoundError
 from derm_workstation.core.intake import add_photo
 from derm_workstation.core.models import Case, Photo
+from derm_workstation.core.services import photo_view
 from derm_workstation.core.users import Actor
 from derm_workstation.core.views import PhotoView
 from derm_workstation.core.workspace import Workspace
@@ -109,23 +110,6 @@ def _clean_text(value: str, limit: int = MAX_TITLE) -> str:
     return " ".join(value.split())[:limit]
 
 
-def _photo_view(ph: Photo) -> PhotoView:
-    return PhotoView(
-        id=ph.id,
-        sha256=ph.sha256,
-        content_type=ph.content_type,
-        byte_size=ph.byte_size,
-        width=ph.width,
-        height=ph.height,
-        body_site=ph.body_site,
-        title=ph.title,
-        taken_at=ph.taken_at,
-        calibration_px_per_mm=ph.calibration_px_per_mm,
-        source=ph.source,
-        portal_media_id=ph.portal_media_id,
-    )
-
-
 class PhotoImporter:
     """Stores validated photos in a case, as the acting user."""
 
@@ -180,7 +164,7 @@ class PhotoImporter:
                     "bytes": stored.byte_size,
                 },
             )
-            view = _photo_view(stored)
+            view = photo_view(stored)
         log.info("photo %s imported into case %s", view.id, case_id)
         return view
 

@@ -35,7 +35,8 @@ from derm_workstation.core.views import (
 from derm_workstation.core.workspace import Workspace
 
 
-def _photo_view(ph: Photo) -> PhotoView:
+def photo_view(ph: Photo) -> PhotoView:
+    """The detached view of a stored photo."""
     return PhotoView(
         id=ph.id,
         sha256=ph.sha256,
@@ -174,7 +175,7 @@ class CaseService:
                     sex=p.sex,
                     portal_id=p.portal_id,
                 ),
-                photos=tuple(_photo_view(ph) for ph in c.photos),
+                photos=tuple(photo_view(ph) for ph in c.photos),
                 questionnaire=_question_tree(items),
                 messages=tuple(
                     MessageView(m.id, m.direction, m.text, m.sent_at, m.delivery_state)
