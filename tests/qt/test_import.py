@@ -221,12 +221,20 @@ def window(qtbot, qapp, ws: Workspace, case_ids: dict[str, str]) -> Iterator[QtM
     tasks.shutdown()
 
 
+def drag_enter(pos: QPointF, *args: object) -> QDragEnterEvent:
+    """A drag-enter event; PySide6 before 6.12 takes an integer QPoint, 6.12 a QPointF."""
+    try:
+        return QDragEnterEvent(pos, *args)  # type: ignore[arg-type]
+    except TypeError:
+        return QDragEnterEvent(pos.toPoint(), *args)  # type: ignore[arg-type]
+
+
 def drop_files(window: QtMainWindow, paths: list[Path]) -> None:
     panel = window.case_panel
     md = QMimeData()
     md.setUrls([QUrl.fromLocalFile(str(p)) for p in paths])
     pos = QPointF(panel.rect().center())
-    enter = QDragEnterEvent(pos, Qt.DropAction.CopyAction, md, Qt.MouseButton.LeftButton,
+    enter = drag_enter(pos, Qt.DropAction.CopyAction, md, Qt.MouseButton.LeftButton,
                             Qt.KeyboardModifier.NoModifier)
     QApplication.sendEvent(panel, enter)
     assert enter.isAccepted()
@@ -333,13 +341,13 @@ def test_drop_is_refused_without_a_case_or_files(qtbot, window: QtMainWindow,
     panel = window.case_panel
     md = QMimeData()
     md.setText("just text")
-    enter = QDragEnterEvent(QPointF(5, 5), Qt.DropAction.CopyAction, md,
+    enter = drag_enter(QPointF(5, 5), Qt.DropAction.CopyAction, md,
                             Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
     QApplication.sendEvent(panel, enter)
     assert not enter.isAccepted()
     md2 = QMimeData()
     md2.setUrls([QUrl.fromLocalFile(str(tmp_path))])  # a folder
-    enter2 = QDragEnterEvent(QPointF(5, 5), Qt.DropAction.CopyAction, md2,
+    enter2 = drag_enter(QPointF(5, 5), Qt.DropAction.CopyAction, md2,
                              Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
     QApplication.sendEvent(panel, enter2)
     assert not enter2.isAccepted()
