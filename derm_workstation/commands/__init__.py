@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 if TYPE_CHECKING:
     from derm_workstation.core.workspace import Workspace
 
-MODULES: tuple[str, ...] = ("queue", "case", "demo", "image", "portal", "sync", "analyze")
+MODULES: tuple[str, ...] = ("queue", "case", "demo", "image", "portal", "sync", "analyze",
+                            "annotations")
 
 
 class Parser(argparse.ArgumentParser):

@@ -7,7 +7,11 @@
 * ``login --portal-url URL (--token-stdin | --client-id ID --token-url URL
   --secret-stdin)`` — keeps the portal address (``portal.json`` in the data folder)
   and the secret (OS keyring only).
+* ``logout`` — forgets the saved portal (``portal.json``) and its keyring secrets.
 * ``outbox list [--state S] [--json]``, ``outbox retry ID``.
+
+Only one sync per data folder runs at a time (also against the window): a second one
+exits 1 at once with "another sync is running on this workstation".
 """
 
 from __future__ import annotations
@@ -56,6 +60,11 @@ def register(sub: Any, ctx: Context) -> None:
                     help="try the credentials against the portal before saving")
     lg.add_argument("--json", action="store_true", help="print JSON")
     lg.set_defaults(func=cmd_login)
+
+    lo = sub.add_parser("logout", help="forget the saved portal and its credentials",
+                        parents=[ctx.store])
+    lo.add_argument("--json", action="store_true", help="print JSON")
+    lo.set_defaults(func=cmd_logout)
 
     ob = ctx.group(sub, "outbox", "changes waiting to be sent to the portal")
     ol = ob.add_parser("list", help="list outbox items (newest first)", parents=[ctx.store])
@@ -145,7 +154,6 @@ def cmd_sync(args: argparse.Namespace) -> int:
 def cmd_login(args: argparse.Namespace) -> int:
     from derm_workstation.core.paths import resolve_data_paths
     from derm_workstation.portal import auth
-    from derm_workstation.portal.client import PortalClient
 
     oauth = bool(args.client_id or args.token_url or args.secret_stdin)
     if oauth and args.token_stdin:
@@ -169,22 +177,12 @@ def cmd_login(args: argparse.Namespace) -> int:
     secret = read_secret("client secret" if oauth else "token")
     checked = False
     if args.check:
-        tokens: auth.TokenProvider
-        if oauth:
-            assert args.token_url and args.client_id
-            tokens = auth.ClientCredentials(args.token_url, args.client_id, secret,
-                                            scope=args.scope, verify=args.ca_bundle or True)
-        else:
-            tokens = auth.StaticToken(secret)
-        with PortalClient(settings.base_url, tokens, verify=args.ca_bundle or True) as client:
-            next(iter(client.search_pages("Task", {"status": "requested", "_count": "1"})))
+        from derm_workstation.sync.engine import check_portal
+
+        check_portal(settings, secret)
         checked = True
     paths = resolve_data_paths(args.data_dir).ensure(writable=True)
-    if oauth:
-        auth.store_client_secret(settings.base_url, secret)
-    else:
-        auth.store_token(settings.base_url, secret)
-    saved = settings.save(paths.root)
+    saved = auth.save_login(paths.root, settings, secret)
     result = {"portal_url": settings.base_url, "auth": settings.auth,
               "settings_file": str(saved), "keyring_service": auth.KEYRING_SERVICE,
               "checked": checked}
@@ -193,6 +191,21 @@ def cmd_login(args: argparse.Namespace) -> int:
     else:
         print(f"Portal {settings.base_url} saved ({settings.auth}); the secret is in the "
               "system keyring." + (" The portal accepted it." if checked else ""))
+    return 0
+
+
+def cmd_logout(args: argparse.Namespace) -> int:
+    from derm_workstation.core.paths import resolve_data_paths
+    from derm_workstation.portal import auth
+
+    paths = resolve_data_paths(getattr(args, "data_dir", None)).ensure(writable=True)
+    forgotten = auth.disconnect(paths.root)
+    if args.json:
+        print_json({"forgotten": forgotten})
+    elif forgotten:
+        print(f"Portal {forgotten} forgotten; its credentials were removed from the keyring.")
+    else:
+        print("No portal was saved.")
     return 0
 
 

@@ -129,6 +129,19 @@ def shoelace_area(pts: Sequence[Point]) -> float:
     return abs(s) / 2.0
 
 
+def point_in_polygon(pt: Point, poly: Sequence[Point]) -> bool:
+    """Whether ``pt`` lies inside the closed outline ``poly`` (even-odd rule)."""
+    x, y = pt
+    inside = False
+    n = len(poly)
+    for i in range(n):
+        x0, y0 = poly[i]
+        x1, y1 = poly[(i + 1) % n]
+        if (y0 > y) != (y1 > y) and x < x0 + (y - y0) * (x1 - x0) / (y1 - y0):
+            inside = not inside
+    return inside
+
+
 def angle_at(a: Point, vertex: Point, b: Point) -> float:
     """The angle a-vertex-b in degrees, 0..180."""
     ux, uy = a[0] - vertex[0], a[1] - vertex[1]

@@ -5,6 +5,15 @@ a temporary file in the same folder, are fsynced and atomically renamed, so a
 crash never leaves a half-written photo under a real name. Every read checks
 the hash again: a damaged or missing file raises :class:`ImageCorruptError`
 instead of handing a broken picture to the viewer.
+
+A bulk writer (portal sync) may store with ``durable=False`` and call
+:meth:`ImageStore.make_durable` before its database rows commit: the file is
+renamed into place first and flushed after, so one flush of the file also
+carries the rename on journalling file systems (ext4: one journal commit per
+photo instead of two). A process crash loses nothing (the bytes are in the OS's
+cache); an OS crash before the flush can leave a damaged file that no row
+refers to yet, which is harmless: the next store of the same bytes replaces a
+file that does not match its name, and every read checks the hash.
 """
 
 from __future__ import annotations
@@ -59,11 +68,14 @@ class ImageStore:
         with Path(source).open("rb") as fh:
             return self.put_stream(iter(lambda: fh.read(_CHUNK), b""))
 
-    def put_stream(self, chunks: Iterable[bytes], expected_sha256: str | None = None) -> str:
+    def put_stream(self, chunks: Iterable[bytes], expected_sha256: str | None = None, *,
+                   durable: bool = True) -> str:
         """Stream chunks to a temp file, fsync, verify and rename into place.
 
         Memory stays flat whatever the size. With ``expected_sha256``, a mismatch
-        raises :class:`ImageCorruptError` and nothing is stored.
+        raises :class:`ImageCorruptError` and nothing is stored. ``durable=False``
+        skips the fsyncs (still a temp file and an atomic rename): the caller must
+        call :meth:`make_durable` before anything durable refers to the photo.
         """
         self.root.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
@@ -85,7 +97,8 @@ class ImageStore:
                     digest.update(chunk)
                     out.write(chunk)
                 out.flush()
-                os.fsync(out.fileno())
+                if durable:
+                    os.fsync(out.fileno())
             sha = digest.hexdigest()
             if expected_sha256 is not None and sha != expected_sha256.lower():
                 raise ImageCorruptError(
@@ -94,10 +107,13 @@ class ImageStore:
             final = self.path_for(sha)
             if final.is_file() and self._file_sha(final) == sha:
                 tmp.unlink()
+                if durable:  # another writer may have stored it with durable=False
+                    self.make_durable([sha])
                 return sha
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, final)
-            _fsync_dir(final.parent)
+            if durable:
+                _fsync_dir(final.parent)
             return sha
         except OSError as exc:
             if in_source:
@@ -106,6 +122,32 @@ class ImageStore:
         finally:
             if tmp.exists():
                 tmp.unlink()
+
+    def make_durable(self, sha256s: Iterable[str]) -> None:
+        """Flush stored photos (their bytes and their folder entries) to disk.
+
+        For photos stored with ``durable=False``; a no-op cost for ones already on disk.
+        Raises :class:`StorageError` when one is missing or cannot be flushed.
+        """
+        folders: set[Path] = set()
+        for sha in sha256s:
+            path = self.path_for(sha)
+            try:
+                # Windows flushes only handles opened for writing.
+                fd = os.open(path, os.O_RDWR | getattr(os, "O_BINARY", 0))
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise StorageError(
+                    f"Cannot write to the photo store {self.root}: {exc}") from exc
+            folders.add(path.parent)
+        try:
+            for folder in folders:
+                _fsync_dir(folder)
+        except OSError as exc:
+            raise StorageError(f"Cannot write to the photo store {self.root}: {exc}") from exc
 
     @staticmethod
     def _file_sha(path: Path) -> str:

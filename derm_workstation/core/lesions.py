@@ -28,6 +28,7 @@ from derm_workstation.core.annotations import (
     CLOSED_KINDS,
     Point,
     ellipse_axes,
+    point_in_polygon,
     points_of,
     shoelace_area,
 )
@@ -170,15 +171,7 @@ def roi_contains(kind: str, geometry: dict[str, Any], point: Point) -> bool:
         return ((x - cx) / a) ** 2 + ((y - cy) / b) ** 2 <= 1.0
     if kind not in CLOSED_KINDS or len(pts) < 3:
         return False
-    inside = False
-    j = len(pts) - 1
-    for i in range(len(pts)):
-        xi, yi = pts[i]
-        xj, yj = pts[j]
-        if (yi > y) != (yj > y) and x < (xj - xi) * (y - yi) / (yj - yi) + xi:
-            inside = not inside
-        j = i
-    return inside
+    return point_in_polygon(point, pts)
 
 
 def observations_on_photo(photo: Photo, case: Case,

@@ -101,6 +101,9 @@ class Patient(Base):
     sex: Mapped[str] = mapped_column(String(16), default="unknown")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    #: When the portal last answered the patient's allergy search (even with none).
+    #: NULL = never asked or the search failed: "Allergies not checked", never "none".
+    allergies_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     cases: Mapped[list[Case]] = relationship(back_populates="patient", passive_deletes="all")
     allergies: Mapped[list[Allergy]] = relationship(
@@ -458,3 +461,33 @@ __all__ = [
     "QuestionnaireResponse",
     "SyncState",
 ]
+
+
+class BodyMapPin(Base):
+    """Where the clinician put a pin on the patient's body map, when it was moved by hand.
+
+    A pin is a photo site (``target_kind`` "site", ``target_key`` the site's map key) or
+    a numbered lesion ("lesion", its number). Without a row the pin sits where the body
+    site the patient gave places it (:mod:`derm_workstation.core.body_map`). ``x``/``y``
+    are 0..1 across the outline's box of the ``view`` ("front" or "back").
+    """
+
+    __tablename__ = "body_map_pins"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    patient_id: Mapped[str] = mapped_column(ForeignKey("patients.id", ondelete="CASCADE"))
+    target_kind: Mapped[str] = mapped_column(String(16))
+    target_key: Mapped[str] = mapped_column(String(200))
+    view: Mapped[str] = mapped_column(String(8))
+    x: Mapped[float] = mapped_column(Float)
+    y: Mapped[float] = mapped_column(Float)
+    moved_by: Mapped[str] = mapped_column(String(200), default="")
+    moved_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        Index("ix_body_map_pins_target", "patient_id", "target_kind", "target_key",
+              unique=True),
+    )
+
+
+__all__ += ["BodyMapPin"]

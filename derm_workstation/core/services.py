@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, selectinload
 from derm_workstation.core import audit, queue
 from derm_workstation.core.errors import NotFoundError
 from derm_workstation.core.models import (
+    OPEN_STATUSES,
     Case,
     Patient,
     Photo,
@@ -190,6 +191,7 @@ class CaseService:
                     AllergyView(a.substance, a.clinical_status, a.criticality, a.reaction)
                     for a in p.allergies
                 ),
+                allergies_checked=p.allergies_checked_at is not None or bool(p.allergies),
             )
             if audit_view:
                 audit.record(s, self.actor, "case.view", "case", c.id)
@@ -203,6 +205,21 @@ class CaseService:
         with self.ws.db.session() as s:
             return list(s.scalars(select(Photo.sha256).where(Photo.case_id.in_(list(case_ids)))
                                   .distinct()))
+
+    def open_photo_hashes(self, limit: int = 1000) -> list[str]:
+        """SHA-256 of the photos of open cases, most urgent and longest waiting first
+        (at most ``limit``): the photos a clinician is about to open, whose previews the
+        window prepares in the background at start — also for photos that arrived while
+        it was closed (a command-line sync, another workstation's import)."""
+        self.actor.require("case.list")
+        with self.ws.db.session() as s:
+            rows = s.execute(
+                select(Photo.sha256).join(Case, Photo.case_id == Case.id)
+                .where(Case.status.in_(list(OPEN_STATUSES)))
+                .order_by(Case.priority_rank, Case.submitted_at, Photo.position)
+                .limit(limit)
+            ).scalars()
+            return list(dict.fromkeys(rows))
 
     def photo_bytes(self, sha256: str) -> bytes:
         """Verified bytes of a stored photo (raises ImageCorruptError when damaged)."""

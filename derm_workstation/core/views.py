@@ -275,6 +275,9 @@ class CaseDetail:
     portal_business_status: str | None = None
     portal_owner: str | None = None
     allergies: tuple[AllergyView, ...] = field(default=())
+    #: True when the portal answered the allergy search (even with none); False when it
+    #: was never asked or the search failed — then "no allergies" must not be claimed.
+    allergies_checked: bool = False
 
     @property
     def claim_label(self) -> str | None:
@@ -319,6 +322,7 @@ class CaseDetail:
             "portal_notice": self.portal_notice,
             "claim_state": self.claim_state,
             "allergies": [a.as_json() for a in self.allergies],
+            "allergies_checked": self.allergies_checked,
             "patient": {
                 "id": p.id,
                 "name": p.name,

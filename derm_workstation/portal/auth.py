@@ -202,6 +202,64 @@ def forget(base_url: str) -> None:
     _kr_delete(_key(base_url, "client-secret"))
 
 
+def save_login(data_dir: Path, settings: PortalSettings, secret: str) -> Path:
+    """Keep a portal for later syncs (what ``derm-workstation login`` and the window's
+    "Connect to portal" both do): the secret (token, or OAuth2 client secret) goes to
+    the keyring, the address and non-secret settings to ``portal.json``. Secrets of a
+    portal saved before at another address are forgotten. Returns the settings file."""
+    if settings.auth == AUTH_CLIENT_CREDENTIALS:
+        store_client_secret(settings.base_url, secret)
+    else:
+        store_token(settings.base_url, secret)
+    try:
+        previous = PortalSettings.load(data_dir)
+    except InputError:  # a damaged file is replaced
+        previous = None
+    path = settings.save(data_dir)
+    if previous is not None and previous.base_url != settings.base_url:
+        forget(previous.base_url)
+    elif previous is not None and previous.auth != settings.auth:
+        # same portal, other way of signing in: drop the secret of the old way
+        _kr_delete(_key(settings.base_url, "client-secret" if settings.auth == AUTH_BEARER
+                        else "token"))
+    log.info("portal saved (%s)", settings.auth)
+    return path
+
+
+def disconnect(data_dir: Path) -> str | None:
+    """Forget the saved portal: its secrets leave the keyring and ``portal.json`` is
+    removed. Returns the address that was forgotten (None: none was saved)."""
+    path = PortalSettings.path(data_dir)
+    try:
+        saved = PortalSettings.load(data_dir)
+    except InputError:
+        saved = None
+    if saved is not None:
+        forget(saved.base_url)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise InputError(f"The portal settings file {path} cannot be removed: "
+                         f"{exc.strerror or exc}.") from exc
+    log.info("portal settings forgotten")
+    return saved.base_url if saved is not None else None
+
+
+def portal_host(base_url: str | None) -> str:
+    """The host (and port) of a portal address, for display: no path, never credentials."""
+    if not base_url:
+        return ""
+    parts = urlsplit(base_url)
+    host = parts.hostname or ""
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{host}:{port}" if port else host
+
+
 # ----------------------------------------------------------------------------- providers
 
 
@@ -361,12 +419,15 @@ __all__ = [
     "PortalSettings",
     "StaticToken",
     "TokenProvider",
+    "disconnect",
     "forget",
     "load_client_secret",
     "load_token",
     "normalize_base_url",
     "origin_of",
+    "portal_host",
     "provider_from_settings",
+    "save_login",
     "store_client_secret",
     "store_token",
 ]

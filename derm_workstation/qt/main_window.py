@@ -53,6 +53,8 @@ if TYPE_CHECKING:
     from derm_workstation.core.workspace import Workspace
 
 log = logging.getLogger(__name__)
+#: How long after the window is attached it starts preparing previews of open cases.
+PREPARE_PREVIEWS_AFTER_MS = 2000
 
 #: (label, statuses) for the "Show" filter; None = the open cases.
 STATUS_FILTERS: tuple[tuple[str, tuple[str, ...] | None], ...] = (
@@ -79,7 +81,8 @@ SEARCH_DELAY_MS = 250
 
 
 class QtQueueTable(QTableView):
-    """The queue table; Enter opens the selected case's photos."""
+    """The queue table. Arrow keys and clicks preview a case; Enter (or a double-click,
+    through ``doubleClicked``) opens it for review."""
 
     activated_with_keyboard = Signal()
 
@@ -115,6 +118,8 @@ class QtMainWindow(QMainWindow):
         self._hold_ready = False
         self._pending_select: str | None = None
         self._requested_case: str | None = None
+        #: The case whose details are being loaded now (None when none is in flight).
+        self._loading_case: str | None = None
         #: The next queue load keeps the open case on screen even when it has left the
         #: list (a sync cancelled or completed it elsewhere: its banner must stay visible).
         self._keep_open_case = False
@@ -165,18 +170,25 @@ class QtMainWindow(QMainWindow):
             self.table.setColumnWidth(col, width)
         header.setSectionResizeMode(5, QHeaderView.ResizeMode.Stretch)
         self.table.selectionModel().selectionChanged.connect(self._on_selection_changed)
-        self.table.activated_with_keyboard.connect(self._open_selected_photos)
+        self.table.activated_with_keyboard.connect(self.open_selected_for_review)
+        self.table.doubleClicked.connect(lambda _index: self.open_selected_for_review())
 
         self.case_panel = QtCasePanel(tasks, self)
         self.case_panel.setObjectName("casePanel")
         self.case_panel.photo_shown.connect(self._on_photo_shown)
         self.case_panel.open_case_requested.connect(self.open_case)
         self.case_panel.compare_requested.connect(self.open_compare)
+        self.case_panel.compare_photos_requested.connect(self.open_compare_photos)
         self.case_panel.case_changed.connect(self._on_case_changed)
         self.case_panel.claim_requested.connect(self.claim_case)
+        self.case_panel.message_queued.connect(self._after_message)
         self.sync = QtSyncController(tasks, self)
         self.sync_status = QtSyncStatus(self)
         self.outbox_dialog: QWidget | None = None
+        self.portal_dialog: QWidget | None = None
+        #: A case opened for review (Enter, double-click) before its details had loaded:
+        #: claimed once they are shown.
+        self._claim_when_shown: str | None = None
         self.compare_window: QWidget | None = None
 
         top = QWidget(self)
@@ -243,6 +255,13 @@ class QtMainWindow(QMainWindow):
         self.compare_action.triggered.connect(self.open_compare)
         view_menu.addAction(self.compare_action)
         portal_menu = self.menuBar().addMenu("&Portal")
+        self.connect_action = QAction("&Connect to portal…", self)
+        self.connect_action.setObjectName("connectPortalAction")
+        self.connect_action.setStatusTip("The portal's address and how this workstation signs "
+                                         "in (token or OAuth2 client credentials)")
+        self.connect_action.triggered.connect(self.open_portal_dialog)
+        portal_menu.addAction(self.connect_action)
+        portal_menu.addSeparator()
         self.sync_action = QAction("&Sync now", self, shortcut=QKeySequence("F9"))
         self.sync_action.setObjectName("syncNowAction")
         self.sync_action.setStatusTip("Fetch new cases from the portal and send waiting changes")
@@ -299,6 +318,9 @@ class QtMainWindow(QMainWindow):
         self.case_panel.attach(service, ThumbnailCache(workspace.paths.cache / "thumbnails"))
         self.location_label.setText(f"Data: {workspace.location}")
         self.sync.attach(workspace, service.actor)
+        # previews of the open cases' photos that arrived while the window was closed
+        # (a command-line sync, an import elsewhere), a moment after the queue is shown
+        QTimer.singleShot(PREPARE_PREVIEWS_AFTER_MS, self._prepare_open_previews)
 
     # -- geometry -------------------------------------------------------------------------------
     def _restore_geometry(self) -> None:
@@ -363,8 +385,9 @@ class QtMainWindow(QMainWindow):
     def _on_queue_loaded(self, n: int) -> None:
         shown = "case" if n == 1 else "cases"
         self.filter_ui.resultCountLabel.setText(f"{n} {shown}")
-        target = self._pending_select or (self.case_panel.detail.id if self.case_panel.detail
-                                          else None)
+        # the case being opened (its details may still be loading) wins over the one shown
+        target = self._pending_select or self._loading_case or (
+            self.case_panel.detail.id if self.case_panel.detail else None)
         self._pending_select = None
         keep, self._keep_open_case = self._keep_open_case, False
         row = self.model.row_of(target) if target else -1
@@ -388,6 +411,7 @@ class QtMainWindow(QMainWindow):
         """Reload the queue and open its first (most urgent) case, dropping any case load
         still in flight (e.g. after the demo's first sync)."""
         self._requested_case = None
+        self._loading_case = None
         self._pending_select = None
         self.table.clearSelection()
         self.case_panel.clear()
@@ -406,8 +430,9 @@ class QtMainWindow(QMainWindow):
         if not rows:
             return
         case_id = self.model.case_id(rows[0].row())
-        if case_id and (self.case_panel.detail is None or self.case_panel.detail.id != case_id):
-            self.open_case(case_id)
+        shown = self.case_panel.detail.id if self.case_panel.detail is not None else None
+        if case_id and case_id != shown and case_id != self._loading_case:
+            self.open_case(case_id)  # (a case already being loaded is not asked for twice)
 
     def open_case(self, case_id: str) -> None:
         """Load a case's details on the database lane and show them."""
@@ -415,14 +440,55 @@ class QtMainWindow(QMainWindow):
         if service is None:
             return
         self._requested_case = case_id
-        self.tasks.run_db(lambda: service.case_detail(case_id), self._show_detail,
-                          self._on_error)
+        self._loading_case = case_id
+
+        def failed(exc: BaseException) -> None:
+            if self._loading_case == case_id:
+                self._loading_case = None  # selecting it again tries again
+            self._on_error(exc)
+
+        self.tasks.run_db(lambda: service.case_detail(case_id), self._show_detail, failed)
 
     def _show_detail(self, detail: CaseDetail) -> None:
+        if detail.id == self._loading_case:
+            self._loading_case = None
         if detail.id != self._requested_case:
             return  # the clinician has moved on to another case
         self.case_panel.show_case(detail)
         self.case_shown.emit(detail.id)
+        if self._claim_when_shown == detail.id:
+            self._claim_when_shown = None
+            self._claim_on_open(detail)
+
+    def open_selected_for_review(self) -> None:
+        """Enter or a double-click on a queue row: open the case for review. The photos get
+        the keyboard focus and the case is claimed when it is still waiting for someone
+        (a portal is set up and the role may claim): online the claim is sent at once,
+        offline it waits in the outbox. Arrowing or clicking through the queue only
+        previews; a case claimed by someone else keeps its banner and is not touched."""
+        rows = self.table.selectionModel().selectedRows()
+        case_id = self.model.case_id(rows[0].row()) if rows else None
+        if not case_id:
+            return
+        self._open_selected_photos()
+        d = self.case_panel.detail
+        if d is not None and d.id == case_id:
+            self._claim_on_open(d)
+        else:  # still loading: claim when it is shown
+            self._claim_when_shown = case_id
+
+    def _claim_on_open(self, d: CaseDetail) -> None:
+        service = self.service
+        if service is None or not service.actor.can("case.edit") or not self.sync.configured:
+            return
+        if d.portal_owner and d.assignee != service.actor.username \
+                and d.status not in ("completed", "cancelled"):
+            self.statusBar().showMessage(
+                f"Case {d.case_number or d.id[:8]} is claimed by someone else on the portal; "
+                "it was opened without claiming it.", 10000)
+            return
+        if d.claimable:
+            self.claim_case(d.id, auto=True)
 
     # -- portal -------------------------------------------------------------------------------
     def sync_now(self) -> None:
@@ -450,7 +516,17 @@ class QtMainWindow(QMainWindow):
     def _on_sync_finished(self, outcome: SyncOutcome) -> None:
         self.sync_status.set_syncing(False)
         s = outcome.summary
-        if s.completed:
+        if not outcome.pulled:  # the outbox only (a claim or a message sent at once)
+            if not outcome.online:
+                text = "Portal unreachable: the change waits in the outbox and is sent " \
+                       "with the next sync."
+            elif s.errors:
+                text = s.errors[0]
+            else:
+                text = f"{s.outbox_sent} change(s) sent to the portal." if s.outbox_sent \
+                    else "Nothing was waiting to be sent."
+            self.statusBar().showMessage(text, 15000)
+        elif s.completed:
             text = f"Sync finished: {s.cases_new} new, {s.cases_updated} updated case(s)"
             if s.outbox_sent:
                 text += f", {s.outbox_sent} change(s) sent"
@@ -462,19 +538,28 @@ class QtMainWindow(QMainWindow):
             self.statusBar().showMessage(f"Sync incomplete: {s.errors[0]}" if s.errors
                                          else "Sync incomplete.", 15000)
         self.refresh(keep_open_case=True)
-        self._prepare_previews(list(s.changed_case_ids))
+        if outcome.pulled:
+            self._prepare_previews(list(s.changed_case_ids))
         d = self.case_panel.detail
         if d is not None:
             noticed = {cid for cid, _n in s.notices}
-            if d.id in s.changed_case_ids or d.id in noticed or d.claim_state == "pending":
+            if d.id in s.changed_case_ids or d.id in noticed or d.claim_state == "pending" \
+                    or any(m.delivery_state == "queued" for m in d.messages):
                 self.open_case(d.id)
 
-    def _prepare_previews(self, case_ids: list[str]) -> None:
-        """Make thumbnails and quick previews of newly synced photos in the background, so
-        the first time a clinician opens one it appears at once (one image-pool task, so
-        photos the clinician clicks are not queued behind a whole sync's worth)."""
+    def _prepare_open_previews(self) -> None:
+        service = self.service
+        if service is not None:
+            self._prepare_previews([], hashes=service.open_photo_hashes)
+
+    def _prepare_previews(self, case_ids: list[str],
+                          hashes: Callable[[], list[str]] | None = None) -> None:
+        """Make thumbnails and quick previews of newly synced photos (or of the photos
+        ``hashes`` names) in the background, so the first time a clinician opens one it
+        appears at once (one image-pool task, so photos the clinician clicks are not
+        queued behind a whole sync's worth; cached previews cost a file check)."""
         service, thumbs = self.service, self.case_panel.thumbs
-        if service is None or thumbs is None or not case_ids:
+        if service is None or thumbs is None or not (case_ids or hashes):
             return
         from derm_workstation.imaging.levels import PREVIEW_SIZE
         from derm_workstation.qt.widgets.qt_case_panel import THUMB_SIZE
@@ -483,6 +568,8 @@ class QtMainWindow(QMainWindow):
             made = 0
             for sha in hashes:
                 for size in (THUMB_SIZE, PREVIEW_SIZE):
+                    if thumbs.path_for(sha, size).exists():
+                        continue
                     try:
                         thumbs.get_or_create(sha, size, lambda sha=sha: service.photo_bytes(sha))
                         made += 1
@@ -490,13 +577,15 @@ class QtMainWindow(QMainWindow):
                         log.info("no preview for a synced photo: %s", exc)
             return made
 
-        self.tasks.run_db(lambda: service.photo_hashes(case_ids),
-                          lambda hashes: self.tasks.run_image(lambda: make_all(hashes)),
+        self.tasks.run_db(hashes or (lambda: service.photo_hashes(case_ids)),
+                          lambda found: self.tasks.run_image(lambda: make_all(found)),
                           lambda exc: log.info("previews not prepared: %s", exc))
 
-    def claim_case(self, case_id: str | None = None) -> None:
+    def claim_case(self, case_id: str | None = None, auto: bool = False) -> None:
         """Claim a case (default: the open one): locally now, on the portal via the outbox;
-        pushed at once when the portal was reachable at the last attempt."""
+        pushed at once unless the portal was unreachable at the last attempt. ``auto``: the
+        claim that comes with opening a case — a refusal shows in the status bar and the
+        case's banner instead of an error box."""
         ws, service = self.workspace, self.service
         target = case_id or (self.case_panel.detail.id if self.case_panel.detail else None)
         if ws is None or service is None or target is None:
@@ -512,10 +601,49 @@ class QtMainWindow(QMainWindow):
             self.refresh_counts()
             self.sync.refresh()
             if getattr(result, "state", "") == "queued" and self.sync.snapshot.online \
-                    and not self.sync.running:
-                self.sync.sync_now()
+                    is not False:
+                self.sync.push_now()
 
-        self.tasks.run_db(lambda: actions.claim(target), done, self._on_error)
+        def failed(exc: BaseException) -> None:
+            if auto and isinstance(exc, DermError):
+                self.statusBar().showMessage(user_message(exc), 15000)
+                self.open_case(target)
+            else:
+                self._on_error(exc)
+
+        self.tasks.run_db(lambda: actions.claim(target), done, failed)
+
+    def _after_message(self, case_id: str) -> None:
+        """A message was queued (or a failed one put back): show it in the thread at once
+        and send it now unless the portal was unreachable at the last attempt."""
+        d = self.case_panel.detail
+        if d is not None and d.id == case_id:
+            self.open_case(case_id)
+        self.sync.refresh()
+        if self.sync.configured and self.sync.snapshot.online is not False:
+            self.sync.push_now()
+
+    def open_portal_dialog(self) -> None:
+        """Portal > Connect to portal…: address, token or OAuth2 client credentials, test,
+        save (keyring), disconnect."""
+        from derm_workstation.qt.dialogs.qt_portal_dialog import QtPortalDialog
+
+        if self.workspace is None:
+            self.statusBar().showMessage("The local store is still opening.", 5000)
+            return
+        if self.portal_dialog is not None:
+            self.portal_dialog.raise_()
+            self.portal_dialog.activateWindow()
+            return
+        snap = self.sync.snapshot
+        dlg = QtPortalDialog(self.tasks, self.workspace.paths.root,
+                             session_portal=snap.portal_url if snap.configured else None,
+                             parent=self)
+        dlg.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dlg.changed.connect(self.sync.portal_saved)
+        dlg.destroyed.connect(lambda *_: setattr(self, "portal_dialog", None))
+        self.portal_dialog = dlg
+        dlg.open()
 
     def open_outbox(self) -> None:
         """Portal > Outbox…: what waits for the portal, what it refused; Retry."""
@@ -562,6 +690,16 @@ class QtMainWindow(QMainWindow):
         win.destroyed.connect(lambda *_: self._compare_closed(win))
         self.compare_window = win
         win.show()
+
+    def open_compare_photos(self, photo_ids: list[str]) -> None:
+        """Open the compare window on exactly these photos (a body map pin's photos)."""
+        self.open_compare()
+        win = self.compare_window
+        if win is not None and photo_ids:
+            from derm_workstation.qt.widgets.qt_compare_view import QtCompareWindow
+
+            assert isinstance(win, QtCompareWindow)
+            win.open_photos(list(photo_ids))
 
     def _compare_closed(self, win: QWidget) -> None:
         if self.compare_window is win:

@@ -7,9 +7,14 @@
    ``based-on`` the ServiceRequest, AllergyIntolerance by patient, and the patient's
    earlier cases (``Task?patient=``), which are pulled the same way for comparison.
    Photos download concurrently (bounded), streamed into the image store and verified
-   by size and SHA-1 before anything is recorded.
+   by size and SHA-1 before anything is recorded, and are flushed to disk before the
+   case that refers to them commits. A photo verified that way gets a header-only
+   check (:func:`jpeg_head_facts`, from bytes already in memory); anything else gets the
+   full structure check. The full safe decode happens whenever a photo is shown.
 3. Each case is committed as one transaction; the cursor moves only after every case of
-   the page is committed. A crash anywhere re-reads at most that page: cases already
+   the page (and of every page before it) is committed. Pages are pipelined: the next
+   page is read and started while the last cases of the current one finish. A crash
+   anywhere re-reads at most the pages not yet passed by the cursor: cases already
    committed are recognised by their version and skipped, so nothing is lost or doubled.
 4. Tasks that were cancelled, completed or claimed elsewhere: a second search,
    ``Task?status=completed,cancelled&_lastUpdated=gt<cursor>…``, updates the local cases
@@ -24,11 +29,14 @@ Database writes happen on the calling thread only; worker threads do network and
 from __future__ import annotations
 
 import logging
+import struct
 import threading
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from sqlalchemy import select
@@ -87,6 +95,8 @@ CLOSED_STATUSES = "completed,cancelled"
 PAGE_SIZE = 50
 #: The first closed-status search starts this long before the portal's clock at the start.
 CLOSED_CURSOR_MARGIN = timedelta(minutes=5)
+#: Most cases committed in one transaction (when that many are ready at once).
+COMMIT_BATCH = 16
 #: ``Case.portal_sync_error`` while the patient's earlier cases are still being fetched.
 HISTORY_PENDING = "earlier cases of the patient not fetched yet"
 
@@ -127,6 +137,119 @@ class FetchedCase:
     @property
     def photo_errors(self) -> list[str]:
         return [p.error for p in self.photos if p.error]
+
+
+# ------------------------------------------------------------------------- photo facts
+
+#: JPEG frame headers (SOFn) the fast path accepts: baseline, extended, progressive
+#: (Huffman or arithmetic), 8-bit; anything else goes through the full check.
+_FAST_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC9, 0xCA})
+_ANY_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD,
+                      0xCE, 0xCF})
+#: Largest picture the fast path accepts: well inside the decoder's pixel, side and
+#: decode-memory limits, so the full check could not have refused it for its size.
+_FAST_MAX_PIXELS = 40_000_000
+_FAST_MAX_SIDE = 20_000
+
+
+@dataclass(frozen=True)
+class PhotoFacts:
+    content_type: str
+    width: int  # as displayed, after EXIF orientation
+    height: int
+
+
+def _exif_orientation(tiff: bytes) -> int | None:
+    """EXIF orientation (1..8, else 1) from the TIFF data of an APP1 segment; None when
+    the entry is there but unusual (the full check then decides)."""
+    if tiff[:4] == b"II*\x00":
+        order = "<"
+    elif tiff[:4] == b"MM\x00*":
+        order = ">"
+    else:
+        return 1
+    (ifd,) = struct.unpack(order + "I", tiff[4:8])
+    if ifd < 8 or ifd + 2 > len(tiff):
+        return 1
+    (count,) = struct.unpack(order + "H", tiff[ifd:ifd + 2])
+    for i in range(min(count, 512)):
+        at = ifd + 2 + 12 * i
+        if at + 12 > len(tiff):
+            return None
+        tag, kind, n = struct.unpack(order + "HHI", tiff[at:at + 8])
+        if tag != 0x0112:
+            continue
+        if n != 1 or kind not in (3, 4):
+            return None
+        (value,) = struct.unpack(order + ("H" if kind == 3 else "I"), tiff[at + 8:at + 8 + (
+            2 if kind == 3 else 4)])
+        return value if 1 <= value <= 8 else 1
+    return 1
+
+
+def jpeg_head_facts(head: bytes) -> PhotoFacts | None:
+    """Content type and displayed size of a JPEG from its first bytes, without decoding.
+
+    Walks the markers up to the first scan: one supported 8-bit frame header, a size
+    well inside the decoder's limits, the EXIF orientation. Returns None whenever the
+    head does not settle it plainly (not a JPEG, the scan not reached within ``head``,
+    anything unusual): the caller then runs the full structure check
+    (:func:`~derm_workstation.imaging.probe.probe_bytes`) on the whole file. The full
+    safe decode still happens whenever the photo is shown.
+    """
+    n = len(head)
+    if not head.startswith(b"\xff\xd8\xff"):
+        return None
+    pos = 2
+    size: tuple[int, int] | None = None
+    orientation: int | None = 1
+    exif_seen = False
+    try:
+        for _ in range(256):
+            if pos >= n or head[pos] != 0xFF:
+                return None
+            while pos < n and head[pos] == 0xFF:
+                pos += 1
+            if pos + 3 > n:
+                return None
+            marker = head[pos]
+            pos += 1
+            if marker == 0xDA:  # start of scan: everything needed comes before it
+                break
+            if marker in (0x00, 0x01, 0xD8, 0xD9) or 0xD0 <= marker <= 0xD7:
+                return None
+            length = (head[pos] << 8) | head[pos + 1]
+            if length < 2 or pos + length > n:
+                return None
+            seg = head[pos + 2:pos + length]
+            if marker in _ANY_SOF:
+                if size is not None or marker not in _FAST_SOF or len(seg) < 6:
+                    return None
+                precision, height, width, ncomp = struct.unpack(">BHHB", seg[:6])
+                if precision != 8 or ncomp not in (1, 3, 4) or len(seg) < 6 + 3 * ncomp:
+                    return None
+                for i in range(ncomp):
+                    hv = seg[7 + 3 * i]
+                    if not (1 <= hv >> 4 <= 4 and 1 <= hv & 0x0F <= 4):
+                        return None
+                size = (width, height)
+            elif marker == 0xE1 and seg.startswith(b"Exif\x00\x00") and not exif_seen:
+                exif_seen = True
+                orientation = _exif_orientation(seg[6:])
+            pos += length
+        else:
+            return None
+    except (struct.error, IndexError):
+        return None
+    if size is None or orientation is None:
+        return None
+    width, height = size
+    if not (0 < width <= _FAST_MAX_SIDE and 0 < height <= _FAST_MAX_SIDE) \
+            or width * height > _FAST_MAX_PIXELS:
+        return None
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width
+    return PhotoFacts("image/jpeg", width, height)
 
 
 def _short(exc: BaseException) -> str:
@@ -319,6 +442,8 @@ def _apply_children(s: Session, case: Case, f: FetchedCase, *, new: bool) -> Non
                            sender=m.sender[:200] if m.sender else None)
         have_msg.add(m.portal_id)
 
+    if f.allergies is not None:  # the portal answered (an empty answer is "none known")
+        case.patient.allergies_checked_at = utcnow()
     if f.allergies:
         patient = case.patient
         existing = {a.portal_id: a for a in patient.allergies if a.portal_id}
@@ -426,19 +551,21 @@ class Puller:
         if cursor:
             params["_lastUpdated"] = f"gt{cursor}"
         params.update({"_sort": "_lastUpdated", "_count": str(PAGE_SIZE)})
-        first = True
-        for page in self.client.search_pages("Task", params):
-            if first:
-                self._server_date = page.server_date
-                self._total = page.total
-                first = False
-            if page.skipped:
-                self.summary.warn(f"{page.skipped} search entries that were not Tasks "
-                                  "were ignored.")
-            tasks = self._tasks(page.resources)
-            self._process(tasks, with_history=True)
-            self._advance(state.CURSOR_OPEN, tasks, final=page.next_url is None)
-            self._check_cancel()
+        def pages() -> Iterator[tuple[list[TaskIn], Callable[[], None]]]:
+            first = True
+            for page in self.client.search_pages("Task", params):
+                if first:
+                    self._server_date = page.server_date
+                    self._total = page.total
+                    first = False
+                if page.skipped:
+                    self.summary.warn(f"{page.skipped} search entries that were not Tasks "
+                                      "were ignored.")
+                tasks = self._tasks(page.resources)
+                yield tasks, partial(self._advance, state.CURSOR_OPEN, tasks,
+                                     final=page.next_url is None)
+
+        self._run(pages(), with_history=True)
 
     def _pull_closed(self) -> None:
         with self.ws.db.session() as s:
@@ -556,49 +683,118 @@ class Puller:
         return out
 
     def _process(self, tasks: list[TaskIn], *, with_history: bool, force: bool = False) -> None:
-        """Fetch and commit Tasks (and their patients' earlier cases) until all are done.
+        """Fetch and commit Tasks (and their patients' earlier cases) until all are done."""
+        self._run(iter([(tasks, None)]), with_history=with_history, force=force)
+
+    def _run(self, batches: Iterator[tuple[list[TaskIn], Callable[[], None] | None]], *,
+             with_history: bool, force: bool = False) -> None:
+        """Fetch and commit batches of Tasks (search pages), pipelined.
+
+        The next batch is read and started as soon as fewer cases than workers are in
+        flight, so the photo transfers of one page overlap the last commits of the one
+        before (no drain at page boundaries). A batch's ``done`` (moving the cursor) runs
+        once every case of it is committed and every earlier batch's ``done`` has run:
+        the cursor never passes a case that is not committed. Reading the next batch
+        failing (a broken search page) or the sync being stopped ends the feeding; the
+        cases in flight are committed first, then the error is raised.
 
         A case whose earlier cases still have to be fetched is committed with the
         :data:`HISTORY_PENDING` marker, cleared once all of them are committed: a crash in
         between makes the next sync fetch it (and its history) again by id.
         """
         assert self._cases is not None
+        cases = self._cases
         pending: dict[Future[FetchedCase], TaskIn] = {}
         waiting: dict[str, set[str]] = {}  # parent case id -> history task ids not yet in
         parents_of: dict[str, list[str]] = {}  # history task id -> parent case ids
-        for t, have in self._needs(tasks, force):
-            pending[self._cases.submit(self._fetch_case, t, have, with_history)] = t
+        # batches in order: (task ids not committed yet, what to run once they are)
+        open_batches: deque[tuple[set[str], Callable[[], None] | None]] = deque()
+        batch_of: dict[str, set[str]] = {}  # task id -> its batch's set above
         failure: BaseException | None = None
+        feeding = True
+        fed = 0
+
+        def feed() -> None:
+            nonlocal feeding, failure, fed
+            while feeding and failure is None and len(pending) < self.concurrency:
+                try:
+                    if fed:
+                        self._check_cancel()
+                    batch = next(batches, None)
+                except BaseException as exc:  # a search page that failed; stopped
+                    failure, feeding = exc, False
+                    return
+                if batch is None:
+                    feeding = False
+                    return
+                fed += 1
+                tasks, done = batch
+                outstanding: set[str] = set()
+                open_batches.append((outstanding, done))
+                for t, have in self._needs(tasks, force):
+                    outstanding.add(t.portal_id)
+                    batch_of[t.portal_id] = outstanding
+                    pending[cases.submit(self._fetch_case, t, have, with_history)] = t
+                close_batches()
+
+        def close_batches() -> None:
+            while open_batches and not open_batches[0][0]:
+                _, done = open_batches.popleft()
+                if done is not None:
+                    done()
+
+        feed()
         while pending:
-            done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-            for fut in done:
+            done_futures, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            ready: list[tuple[FetchedCase, list[tuple[TaskIn, set[str]]]]] = []
+            for fut in done_futures:
                 pending.pop(fut)
                 try:
                     fetched = fut.result()
                 except BaseException as exc:
                     failure = failure or exc
+                    feeding = False
                     for other in pending:
                         other.cancel()
                     continue
                 history = self._needs(fetched.history, False) \
                     if failure is None and fetched.history else []
-                case_id = self._commit(fetched, history_pending=bool(history))
-                self._tick()
-                if history:
-                    waiting[case_id] = {t.portal_id for t, _ in history}
-                    for t, have in history:
-                        parents_of.setdefault(t.portal_id, []).append(case_id)
-                        pending[self._cases.submit(self._fetch_case, t, have, False)] = t
-                for parent in parents_of.pop(fetched.task.portal_id, []):
-                    left = waiting.get(parent)
-                    if left is not None:
-                        left.discard(fetched.task.portal_id)
-                        if not left:
-                            del waiting[parent]
-                            self._history_done(parent)
+                ready.append((fetched, history))
+            for start in range(0, len(ready), COMMIT_BATCH):
+                chunk = ready[start:start + COMMIT_BATCH]
+                ids = self._commit_all([(f, bool(h)) for f, h in chunk])
+                for (fetched, history), case_id in zip(chunk, ids, strict=True):
+                    self._committed(fetched, history, case_id, batch_of, waiting, parents_of,
+                                    pending)
             pending = {f: t for f, t in pending.items() if not f.cancelled()}
+            close_batches()
+            feed()
         if failure is not None:
             raise failure
+        self._check_cancel()
+
+    def _committed(self, fetched: FetchedCase, history: list[tuple[TaskIn, set[str]]],
+                   case_id: str, batch_of: dict[str, set[str]], waiting: dict[str, set[str]],
+                   parents_of: dict[str, list[str]],
+                   pending: dict[Future[FetchedCase], TaskIn]) -> None:
+        """Book-keeping of :meth:`_run` after a case is committed."""
+        assert self._cases is not None
+        self._tick()
+        batch = batch_of.pop(fetched.task.portal_id, None)
+        if batch is not None:
+            batch.discard(fetched.task.portal_id)
+        if history:
+            waiting[case_id] = {t.portal_id for t, _ in history}
+            for t, have in history:
+                parents_of.setdefault(t.portal_id, []).append(case_id)
+                pending[self._cases.submit(self._fetch_case, t, have, False)] = t
+        for parent in parents_of.pop(fetched.task.portal_id, []):
+            left = waiting.get(parent)
+            if left is not None:
+                left.discard(fetched.task.portal_id)
+                if not left:
+                    del waiting[parent]
+                    self._history_done(parent)
 
     def _history_done(self, case_id: str) -> None:
         with self.ws.db.session() as s:
@@ -606,20 +802,45 @@ class Puller:
             if case is not None and case.portal_sync_error == HISTORY_PENDING:
                 case.portal_sync_error = None
 
+    def _commit_all(self, items: list[tuple[FetchedCase, bool]]) -> list[str]:
+        """Commit fetched cases (with their "history pending" flags); returns their ids.
+
+        Several cases ready at once share one transaction (each still all or nothing):
+        fewer commits on the thread that is the pull's one database writer. If that
+        fails on a row another sync stored meanwhile, they are committed one by one.
+        """
+        if len(items) > 1:
+            try:
+                with self.ws.db.session() as s:
+                    applied = [self._apply(s, f, pending) for f, pending in items]
+            except IntegrityError:
+                log.info("a case was stored concurrently; committing one by one")
+            else:
+                return [self._account(f, *r) for (f, _), r in zip(items, applied, strict=True)]
+        return [self._commit(f, history_pending=pending) for f, pending in items]
+
+    def _apply(self, s: Session, f: FetchedCase,
+               history_pending: bool) -> tuple[str, str, str | None]:
+        outcome, case, notice = apply_case(s, self.actor, f)
+        if history_pending and case.portal_sync_error is None:
+            case.portal_sync_error = HISTORY_PENDING
+        return outcome, case.id, notice
+
     def _commit(self, f: FetchedCase, *, history_pending: bool = False) -> str:
         for attempt in (1, 2):
             try:
                 with self.ws.db.session() as s:
-                    outcome, case, notice = apply_case(s, self.actor, f)
-                    if history_pending and case.portal_sync_error is None:
-                        case.portal_sync_error = HISTORY_PENDING
-                    case_id = case.id
+                    outcome, case_id, notice = self._apply(s, f, history_pending)
                 break
             except IntegrityError:
                 # Another sync (the GUI and the CLI at once) stored it first: update instead.
                 if attempt == 2:
                     raise
                 log.info("case for Task/%s was stored concurrently; retrying", f.task.portal_id)
+        return self._account(f, outcome, case_id, notice)
+
+    def _account(self, f: FetchedCase, outcome: str, case_id: str, notice: str | None) -> str:
+        """The summary's part of a committed case."""
         stored = [p for p in f.photos if p.sha256]
         self.summary.photos_downloaded += len(stored)
         self.summary.bytes += sum(p.size for p in stored)
@@ -732,12 +953,11 @@ class Puller:
         return out
 
     def _download(self, m: MediaIn) -> FetchedPhoto:
-        from derm_workstation.imaging.probe import ImageRejected, probe_bytes
-
         self._check_cancel()
         ph = FetchedPhoto(media=m)
         try:
-            got = self.client.download(m.attachment, self.ws.images, slots=self._transfers)
+            got = self.client.download(m.attachment, self.ws.images, slots=self._transfers,
+                                       durable=False)
         except PortalAuthError:
             raise
         except (DownloadError, PortalDataError, PortalRequestError,
@@ -747,14 +967,25 @@ class Puller:
         except PortalError as exc:  # pragma: no cover - every subclass is listed above
             ph.error = _short(exc)
             return ph
-        try:
-            facts = probe_bytes(self.ws.images.path_for(got.sha256).read_bytes())
-        except ImageRejected as exc:
-            ph.error = f"it is not a usable image ({_short(exc)})"
-            return ph
-        except OSError as exc:
-            ph.error = f"it could not be read back from the photo store ({exc.strerror})"
-            return ph
+        # Bytes checked against the portal's size or hash need only a header check here;
+        # others (and anything unusual) get the full structure check, which also catches
+        # a truncated file.
+        facts = jpeg_head_facts(got.head) if got.verified else None
+        if facts is None:
+            from derm_workstation.imaging.probe import ImageRejected, probe_bytes
+
+            try:
+                probed = probe_bytes(self.ws.images.path_for(got.sha256).read_bytes())
+            except ImageRejected as exc:
+                ph.error = f"it is not a usable image ({_short(exc)})"
+                return ph
+            except OSError as exc:
+                ph.error = f"it could not be read back from the photo store ({exc.strerror})"
+                return ph
+            facts = PhotoFacts(probed.content_type, probed.width, probed.height)
+        # Stored renamed-then-flushed, the flush here (outside the transfer slot, so the
+        # next transfer overlaps it): on disk before any row can refer to it.
+        self.ws.images.make_durable([got.sha256])
         ph.sha256, ph.size = got.sha256, got.size
         ph.content_type, ph.width, ph.height = facts.content_type, facts.width, facts.height
         return ph
@@ -767,9 +998,11 @@ __all__ = [
     "PAGE_SIZE",
     "FetchedCase",
     "FetchedPhoto",
+    "PhotoFacts",
     "Puller",
     "SyncCancelled",
     "apply_case",
     "apply_task_fields",
+    "jpeg_head_facts",
     "task_notice",
 ]

@@ -400,3 +400,53 @@ def test_burned_in_copy_is_a_new_image(qtbot, calibrated) -> None:
     assert c.red() > 200 and c.green() > 170 and c.blue() < 140
     assert photo.pixelColor(400, 200) == before  # the photo itself is untouched
     out.save("/tmp/annotations_burned.png")
+
+
+def test_captures_overlay_and_programmatic_add_for_the_measure_panel(qtbot, calibrated) -> None:
+    h, svc, pid = calibrated
+    v = h.view
+    selected: list[object] = []
+    h.layer.selection_changed.connect(selected.append)
+    # one click is handed over in image pixels; nothing is drawn
+    got: list[tuple[float, float]] = []
+    h.layer.set_tool("ruler")
+    h.layer.capture_point(lambda x, y: got.append((x, y)))
+    assert h.layer.capturing == "point" and h.layer.tool == ""
+    with qtbot.waitSignal(h.layer.capture_ended, timeout=TIMEOUT):
+        click(qtbot, v, QPoint(150, 100))
+    assert got == [pytest.approx((300, 200))] and h.layer.capturing == ""
+    # a dragged line, shown while dragging, handed over on release
+    lines: list[tuple[tuple[float, float], tuple[float, float]]] = []
+    h.layer.capture_line(lambda a, b: lines.append((a, b)))
+    qtbot.mousePress(v, Qt.MouseButton.LeftButton, pos=QPoint(100, 500))
+    qtbot.mouseMove(v, QPoint(300, 500))
+    live = v.grab().toImage().pixelColor(QPoint(200, 500))
+    assert live.green() > 200 and live.red() < 160  # the green capture line
+    qtbot.mouseRelease(v, Qt.MouseButton.LeftButton, pos=QPoint(300, 500))
+    assert lines == [(pytest.approx((200, 1000)), pytest.approx((600, 1000)))]
+    # Esc cancels a capture; the next drag pans instead
+    h.layer.capture_line(lambda a, b: lines.append((a, b)))
+    v.setFocus()
+    with qtbot.waitSignal(h.layer.capture_ended, timeout=TIMEOUT):
+        qtbot.keyClick(v, Qt.Key.Key_Escape)
+    drag(qtbot, v, QPoint(100, 300), QPoint(200, 300))
+    assert len(lines) == 1 and stored(svc, pid) == []
+    # a found reference is drawn until it is cleared
+    h.layer.set_reference_overlay((800.0, 600.0, 100.0, 100.0, 0.0))
+    rim = v.grab().toImage().pixelColor(QPoint(450, 300))  # image (900, 600)
+    assert rim.green() > 200 and rim.red() < 160
+    h.layer.set_reference_overlay(None)
+    assert h.layer.reference_overlay is None
+    # an outline added by the panel is an ordinary, undoable annotation
+    aid = h.layer.add_annotation("polygon", [(100, 100), (300, 100), (300, 300)],
+                                 lesion_number=4)
+    settled(qtbot, h)
+    assert aid is not None and selected[-1] == aid and h.layer.selected == aid
+    [poly] = stored(svc, pid)
+    assert poly.id == aid and poly.lesion_number == 4 and poly.author == "dr.grey"
+    assert h.layer.doc_measure(poly).text.startswith("200.0 mm²")
+    h.layer.set_px_per_mm(None)  # a cleared calibration: pixels at once
+    assert h.layer.doc_measure(poly).text.startswith("20000 px²")
+    h.layer.undo()
+    settled(qtbot, h)
+    assert stored(svc, pid) == [] and selected[-1] is None

@@ -132,6 +132,7 @@ def close(a: QPointF, b: QPointF, tol: float = 0.75) -> bool:
 
 def test_fit_shows_a_screen_sized_level_first_and_detail_on_zoom(qtbot, view: QtPhotoView
                                                                  ) -> None:
+    view.set_prefetch_full_resolution(False)
     assert view.is_fit and view.zoom_factor() == pytest.approx(0.5)
     assert view.has_image and view.message == ""
     # the 1/2 level is enough at 50 %: the full-size pixels were never decoded
@@ -141,6 +142,36 @@ def test_fit_shows_a_screen_sized_level_first_and_detail_on_zoom(qtbot, view: Qt
     assert view.zoom_factor() == pytest.approx(1.0)
     qtbot.waitUntil(lambda: 0 in view.layer.loaded_levels, timeout=TIMEOUT)
     assert view.status_text().startswith("100 %")
+
+
+def test_full_resolution_arrives_in_the_background_without_a_jump(qtbot, harness: Harness
+                                                                  ) -> None:
+    v = harness.view
+    assert v.prefetch_full_resolution
+    with qtbot.waitSignal(v.image_shown, timeout=TIMEOUT):
+        v.open_photo(source("prefetched"))
+    # first paint: the reduced (DCT-scaled 1/2) decode only
+    assert v.layer.loaded_levels == {1}
+    state, before = v.view_state(), v.grab().toImage()
+    qtbot.waitUntil(lambda: 0 in v.layer.loaded_levels, timeout=TIMEOUT)
+    # the full-size level is there, but the fit view neither moved nor changed a pixel
+    assert v.view_state() == state and v.is_fit
+    assert v.grab().toImage() == before
+    # zooming in needs nothing more: the first frame at 100 % is already full resolution
+    qtbot.keyClick(v, Qt.Key.Key_1)
+    assert "loading" not in v.status_text()
+    x0, y0 = CHECK[:2]
+    at = v.map_from_image(QPointF(x0 + 10.5, y0 + 10.5))
+    a, b = pixel(v, at.x(), at.y()), pixel(v, at.x() + 1, at.y())
+    assert abs(a.red() - b.red()) > 150  # 1-px checkerboard: true full-size pixels
+
+
+def test_browsing_quickly_decodes_no_full_size_level(qtbot, harness: Harness) -> None:
+    v = harness.view
+    for i in range(3):
+        with qtbot.waitSignal(v.image_shown, timeout=TIMEOUT):
+            v.open_photo(source(f"quick-{i}"))
+        assert v.layer.loaded_levels == {1} and v.layer.pending_levels == set()
 
 
 def test_decoding_never_runs_on_the_gui_thread(qtbot, harness: Harness,
@@ -485,3 +516,24 @@ def test_only_the_last_photo_asked_for_is_shown(qtbot, harness: Harness) -> None
     qtbot.waitUntil(lambda: harness.view.layer.tasks.pending == 0, timeout=TIMEOUT)  # type: ignore[union-attr]
     c = pixel(v, 400, 300)
     assert c.red() > 150 and c.green() < 80
+
+
+@pytest.mark.parametrize("big", [False, True])
+def test_decoded_levels_keep_their_exact_colours(monkeypatch: pytest.MonkeyPatch,
+                                                 big: bool) -> None:
+    """Screen-sized levels go through Qt's conversion, big ones a strip at a time: both
+    give the decoder's RGB values unchanged (Qt's 0xffRRGGBB)."""
+    rng = np.random.default_rng(3)
+    img = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    if big:
+        monkeypatch.setattr(qt_photo_layer, "_BIG_PIXELS", 100)
+    q = qt_photo_layer.to_qimage(img)
+    assert (q.width(), q.height()) == img.size
+    from PySide6.QtGui import QImage
+
+    assert q.format() == QImage.Format.Format_RGB32
+    want = np.asarray(img)
+    for x, y in ((0, 0), (52, 36), (17, 20), (40, 3)):
+        c = q.pixel(x, y)
+        assert ((c >> 16) & 255, (c >> 8) & 255, c & 255) == tuple(want[y, x])
+        assert c >> 24 == 255

@@ -75,6 +75,7 @@ MIN_DRAG_PX = 4.0
 COLOUR = QColor("#ffd54f")
 SELECTED = QColor("#4dd0e1")
 SHADOW = QColor(0, 0, 0, 190)
+REFERENCE = QColor("#7cf29a")  # a found calibration reference, a ruler line being drawn
 
 
 def _seg_dist(p: QPointF, a: QPointF, b: QPointF) -> float:
@@ -95,6 +96,11 @@ class QtAnnotationLayer(QWidget):
     #: Something on the layer changed (for the owner to refresh panels).
     changed = Signal()
     tool_changed = Signal(str)
+    #: The selected annotation changed: its id, or None.
+    selection_changed = Signal(object)
+    #: A one-off capture (:meth:`capture_point` / :meth:`capture_line`) ended or was
+    #: cancelled (Esc, another tool, another photo).
+    capture_ended = Signal()
 
     def __init__(self, view: QtPhotoView) -> None:
         super().__init__(view)
@@ -120,6 +126,10 @@ class QtAnnotationLayer(QWidget):
         self._pending = 0
         self._editable = True
         self._mapper: Callable[[float, float], QPointF] | None = None  # for burned-in copies
+        # one-off capture for the Measure panel: ("point"|"line", callback)
+        self._capture: tuple[str, Callable[..., None]] | None = None
+        self._capture_line: list[QPointF] = []
+        self._overlay_ellipse: tuple[float, float, float, float, float] | None = None
         #: Asks for an arrow's text (tests replace it; None = cancelled).
         self.text_provider: Callable[[str], str | None] = self._ask_text
         self._toolbar = self._build_toolbar()
@@ -132,6 +142,18 @@ class QtAnnotationLayer(QWidget):
         bar.setObjectName("annotationToolbar")
         bar.setAccessibleName("Annotation tools")
         bar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
+        #: Shows or hides the Measure panel (its owner connects ``toggled``); first, so
+        #: it stays in view when the tools overflow a narrow window.
+        self.measure_action = QAction("Measure", bar)
+        self.measure_action.setObjectName("annotationMeasure")
+        self.measure_action.setCheckable(True)
+        self.measure_action.setToolTip("Calibration, automatic outline, lesion metrics, "
+                                       "change over time and export (M)")
+        self.measure_action.setShortcut(QKeySequence("M"))
+        self.measure_action.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+        bar.addAction(self.measure_action)
+        self._view.addAction(self.measure_action)
+        bar.addSeparator()
         self._group = QActionGroup(bar)
         self._group.setExclusionPolicy(QActionGroup.ExclusionPolicy.ExclusiveOptional)
         self.tool_actions: dict[str, QAction] = {}
@@ -189,6 +211,7 @@ class QtAnnotationLayer(QWidget):
         if tool and not self._editable:
             tool = ""  # read-only: the viewer pans and zooms as usual
         self._cancel_draft()
+        self.cancel_capture()
         self._tool = tool
         for name, act in self.tool_actions.items():
             act.setChecked(name == tool)
@@ -219,7 +242,9 @@ class QtAnnotationLayer(QWidget):
         doc = an.AnnotationSet(photo_id, px_per_mm, sink=self._persist)
         doc.subscribe(self._doc_changed)
         self.doc = doc
-        self._selected = None
+        self.cancel_capture()
+        self._overlay_ellipse = None
+        self._set_selected(None)
         self._live = None
         self._cancel_draft()
         self.stack.clear()
@@ -234,7 +259,9 @@ class QtAnnotationLayer(QWidget):
 
     def close_photo(self) -> None:
         self.doc = None
-        self._selected = None
+        self.cancel_capture()
+        self._overlay_ellipse = None
+        self._set_selected(None)
         self.stack.clear()
         self.update()
 
@@ -267,7 +294,7 @@ class QtAnnotationLayer(QWidget):
 
     def _doc_changed(self) -> None:
         if self.doc is not None and self._selected not in self.doc:
-            self._selected = None
+            self._set_selected(None)
         self._stack_changed()
         self.changed.emit()
         self.update()
@@ -278,9 +305,14 @@ class QtAnnotationLayer(QWidget):
         return self._selected
 
     def select(self, annotation_id: str | None) -> None:
-        self._selected = annotation_id
+        self._set_selected(annotation_id)
         self._stack_changed()
         self.update()
+
+    def _set_selected(self, annotation_id: str | None) -> None:
+        if annotation_id != self._selected:
+            self._selected = annotation_id
+            self.selection_changed.emit(annotation_id)
 
     def annotations(self) -> list[an.AnnotationView]:
         return list(self.doc) if self.doc is not None else []
@@ -314,8 +346,97 @@ class QtAnnotationLayer(QWidget):
         view = an.new_annotation(self.doc.photo_id, kind, [(p.x(), p.y()) for p in points],
                                  self._author, label=label, lesion_number=lesion_number)
         self.stack.push(an.AddAnnotation(self.doc, view))
-        self._selected = view.id
+        self._set_selected(view.id)
         self._stack_changed()
+
+    def add_annotation(self, kind: str, points: list[tuple[float, float]], *, label: str = "",
+                       lesion_number: int | None = None) -> str | None:
+        """Add an annotation (undoable, saved like a drawn one) and select it; its id."""
+        if self.doc is None or not self._editable:
+            return None
+        self._add(kind, [QPointF(x, y) for x, y in points], label=label,
+                  lesion_number=lesion_number)
+        return self._selected
+
+    def set_px_per_mm(self, px_per_mm: float | None) -> None:
+        """A new calibration of the open photo: every measurement follows at once."""
+        if self.doc is None:
+            return
+        self.doc.px_per_mm = px_per_mm
+        self.changed.emit()
+        self.update()
+
+    # -- one-off captures and overlays for the Measure panel ---------------------------------
+    def capture_point(self, callback: Callable[[float, float], None]) -> None:
+        """The next click on the photo is handed to ``callback`` (image x, y)."""
+        self.set_tool("")
+        self._capture = ("point", callback)
+        self._view.setCursor(Qt.CursorShape.PointingHandCursor)
+
+    def capture_line(self, callback: Callable[[tuple[float, float], tuple[float, float]],
+                                              None]) -> None:
+        """The next drag on the photo draws a line handed to ``callback`` (image points)."""
+        self.set_tool("")
+        self._capture = ("line", callback)
+        self._capture_line = []
+        self._view.setCursor(Qt.CursorShape.CrossCursor)
+
+    @property
+    def capturing(self) -> str:
+        """"point", "line" or "" (no capture)."""
+        return self._capture[0] if self._capture is not None else ""
+
+    def cancel_capture(self) -> None:
+        if self._capture is None:
+            return
+        self._capture = None
+        self._capture_line = []
+        self._view.setCursor(Qt.CursorShape.ArrowCursor)
+        self.update()
+        self.capture_ended.emit()
+
+    def set_reference_overlay(self, ellipse: tuple[float, float, float, float, float] | None
+                              ) -> None:
+        """Show a found calibration reference: (cx, cy, rx, ry, angle°) in image pixels."""
+        self._overlay_ellipse = ellipse
+        self.update()
+
+    @property
+    def reference_overlay(self) -> tuple[float, float, float, float, float] | None:
+        return self._overlay_ellipse
+
+    def _capture_event(self, et: QEvent.Type, e: QMouseEvent) -> bool:
+        assert self._capture is not None
+        mode, callback = self._capture
+        if et == QEvent.Type.MouseButtonDblClick:
+            return True
+        if e.button() not in (Qt.MouseButton.LeftButton, Qt.MouseButton.NoButton):
+            return False
+        img = self._to_image(e.position())
+        if mode == "point":
+            if et == QEvent.Type.MouseButtonRelease:
+                self._capture = None
+                self._view.setCursor(Qt.CursorShape.ArrowCursor)
+                callback(img.x(), img.y())
+                self.capture_ended.emit()
+            return et != QEvent.Type.MouseMove
+        if et == QEvent.Type.MouseButtonPress:
+            self._capture_line = [img, QPointF(img)]
+        elif et == QEvent.Type.MouseMove and self._capture_line:
+            self._capture_line[-1] = img
+        elif et == QEvent.Type.MouseButtonRelease and self._capture_line:
+            p0, p1 = self._capture_line[0], img
+            self._capture_line = []
+            a, b = self._to_widget(p0.x(), p0.y()), self._to_widget(p1.x(), p1.y())
+            if math.hypot(a.x() - b.x(), a.y() - b.y()) >= MIN_DRAG_PX:
+                self._capture = None
+                self._view.setCursor(Qt.CursorShape.ArrowCursor)
+                callback((p0.x(), p0.y()), (p1.x(), p1.y()))
+                self.capture_ended.emit()
+        else:
+            return et != QEvent.Type.MouseMove
+        self.update()
+        return True
 
     def _ask_text(self, current: str) -> str | None:
         text, ok = QInputDialog.getText(self._view, "Arrow text", "Text:", text=current)
@@ -387,6 +508,15 @@ class QtAnnotationLayer(QWidget):
         if et == QEvent.Type.Resize:
             self.setGeometry(self._view.rect())
             return False
+        if self._capture is not None and self.doc is not None:
+            if isinstance(event, QMouseEvent) and et in (
+                    QEvent.Type.MouseButtonPress, QEvent.Type.MouseMove,
+                    QEvent.Type.MouseButtonRelease, QEvent.Type.MouseButtonDblClick):
+                return self._capture_event(et, event)
+            if (et == QEvent.Type.KeyPress and isinstance(event, QKeyEvent)
+                    and event.key() == Qt.Key.Key_Escape):
+                self.cancel_capture()
+                return True
         if self.doc is None or not self._tool:
             return False
         if et == QEvent.Type.MouseButtonPress and isinstance(event, QMouseEvent):
@@ -607,7 +737,38 @@ class QtAnnotationLayer(QWidget):
             self._paint_one(p, self._shown(v), v.id == self._selected)
         if self._draft:
             self._paint_draft(p)
+        self._paint_overlays(p)
         p.end()
+
+    def _paint_overlays(self, p: QPainter) -> None:
+        if self._overlay_ellipse is not None:
+            cx, cy, rx, ry, angle = self._overlay_ellipse
+            t = math.radians(angle)
+            pts = []
+            for i in range(96):
+                u = 2 * math.pi * i / 96
+                x = cx + rx * math.cos(u) * math.cos(t) - ry * math.sin(u) * math.sin(t)
+                y = cy + rx * math.cos(u) * math.sin(t) + ry * math.sin(u) * math.cos(t)
+                pts.append(self._to_widget(x, y))
+            path = QPainterPath()
+            path.addPolygon(QPolygonF(pts))
+            path.closeSubpath()
+            self._pen(p, SHADOW, 5.0)
+            p.drawPath(path)
+            p.setPen(QPen(REFERENCE, 2.5, Qt.PenStyle.DashLine))
+            p.drawPath(path)
+            c = self._to_widget(cx, cy)
+            self._chip(p, "reference", QPointF(c.x() - 36, c.y() - 4))
+        if len(self._capture_line) == 2:
+            a, b = (self._to_widget(q.x(), q.y()) for q in self._capture_line)
+            path = QPainterPath(a)
+            path.lineTo(b)
+            self._tick(path, a, b)
+            self._tick(path, b, a)
+            self._stroke(p, path, REFERENCE)
+            d = math.hypot(self._capture_line[1].x() - self._capture_line[0].x(),
+                           self._capture_line[1].y() - self._capture_line[0].y())
+            self._chip(p, f"{d:.0f} px", QPointF(b.x() + 10, b.y()))
 
     def _pen(self, p: QPainter, colour: QColor, width: float = 2.0) -> None:
         p.setBrush(Qt.BrushStyle.NoBrush)

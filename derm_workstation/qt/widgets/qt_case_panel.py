@@ -15,15 +15,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtCore import QSize, Qt, QUrl, Signal
 from PySide6.QtGui import (
     QColor,
     QDragEnterEvent,
     QDropEvent,
     QIcon,
     QImage,
+    QKeySequence,
     QPainter,
     QPixmap,
+    QShortcut,
 )
 from PySide6.QtWidgets import (
     QFileDialog,
@@ -44,7 +46,9 @@ from derm_workstation.qt.widgets.qt_photo_layer import PhotoSource
 if TYPE_CHECKING:
     from derm_workstation.core.services import CaseService
     from derm_workstation.imaging.thumbnails import ThumbnailCache
+    from derm_workstation.qt.widgets.qt_analysis_panel import QtAnalysisPanel
     from derm_workstation.qt.widgets.qt_annotation_layer import QtAnnotationLayer
+    from derm_workstation.qt.widgets.qt_body_map import QtBodyMap
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +95,44 @@ def _placeholder_icon(text: str, size: QSize) -> QIcon:
     return QIcon(pm)
 
 
+def _delivery_html(state: str) -> str:
+    """An outbound message's state in the thread: queued, sent, or failed with a retry link."""
+    if state == "failed":
+        return ("<span style='color:#ff6b6b'><b>failed</b></span> — "
+                "<a href='retry' style='color:#9cc4ff'>retry</a>")
+    if state == "queued":
+        return "<span style='color:#e6b450'>queued</span>"
+    return html.escape(state)
+
+
+ALLERGIES_UNKNOWN = "Allergies not checked"
+
+
+def allergy_line(d: CaseDetail) -> tuple[str, bool]:
+    """("Allergies: penicillin (high), latex", severe?) for the case header.
+
+    "No known allergies recorded" when the portal was asked and sent none; "Allergies not
+    checked" when it is unknown (a case not from the portal, or the portal's answer was not
+    available — ``CaseDetail.allergies_checked`` False).
+    """
+    checked = d.allergies_checked
+    active = [a for a in d.allergies
+              if (a.clinical_status or "active") not in ("inactive", "resolved")]
+    if active:
+        names = []
+        for a in active:
+            crit = a.criticality if a.criticality and a.criticality != "unable-to-assess" \
+                else None
+            names.append(f"{a.substance} ({crit})" if crit else a.substance)
+        severe = any(a.criticality == "high" for a in active)
+        return "Allergies: " + ", ".join(names), severe
+    if not checked:
+        return ALLERGIES_UNKNOWN, False
+    if d.allergies:
+        return f"No active allergies recorded ({len(d.allergies)} resolved)", False
+    return "No known allergies recorded", False
+
+
 class QtCasePanel(QWidget):
     """Shows one :class:`CaseDetail`."""
 
@@ -104,6 +146,10 @@ class QtCasePanel(QWidget):
     case_changed = Signal(str)
     #: The clinician clicked "Claim this case" in the banner (case id).
     claim_requested = Signal(str)
+    #: Open these photos (ids) in the compare window: a pin of the body map.
+    compare_photos_requested = Signal(list)
+    #: A message to the patient was queued, or a failed one put back in the outbox (case id).
+    message_queued = Signal(str)
 
     def __init__(self, tasks: QtTaskManager, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -133,8 +179,9 @@ class QtCasePanel(QWidget):
         ui.bannerLabel.linkActivated.connect(self._on_banner_link)
         #: Offer "Claim this case" in the banner (a portal is set up).
         self.claims_enabled = False
+        self._setup_compose()
         # Header lines keep their natural height; the photos and details get the rest.
-        for label in (ui.patientLabel, ui.caseMetaLabel, ui.bannerLabel):
+        for label in (ui.patientLabel, ui.caseMetaLabel, ui.allergyLabel, ui.bannerLabel):
             label.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Maximum)
         ui.panelLayout.setStretchFactor(ui.panelSplitter, 1)
         ui.panelSplitter.setStretchFactor(0, 2)
@@ -161,6 +208,8 @@ class QtCasePanel(QWidget):
         ui.photoToolbar.ui.importButton.clicked.connect(lambda: self.start_import())
         view.show_message("Select a case to see its photos")
         self.annotations: QtAnnotationLayer | None = None
+        self.analysis: QtAnalysisPanel | None = None
+        self.body_map: QtBodyMap | None = None
         self.setAcceptDrops(True)
         self.setEnabled(False)
 
@@ -172,12 +221,48 @@ class QtCasePanel(QWidget):
         if self.annotations is None:
             # Created here, not at start-up: the layer's core module loads SQLAlchemy,
             # which the database lane has imported by the time the store is attached.
+            from PySide6.QtWidgets import QHBoxLayout
+
+            from derm_workstation.qt.widgets.qt_analysis_panel import QtAnalysisPanel
             from derm_workstation.qt.widgets.qt_annotation_layer import QtAnnotationLayer
 
             view = self.ui.photoView
             self.annotations = QtAnnotationLayer(view)
             layout = self.ui.photoLayout
             layout.insertWidget(layout.indexOf(view), self.annotations.toolbar())
+            # the Measure panel sits right of the photo, shown by the toolbar's Measure
+            row = QWidget(self.ui.photoArea)
+            row.setObjectName("photoRow")
+            at = layout.indexOf(view)
+            layout.takeAt(at)
+            hbox = QHBoxLayout(row)
+            hbox.setContentsMargins(0, 0, 0, 0)
+            hbox.setSpacing(4)
+            hbox.addWidget(view, 1)
+            self.analysis = QtAnalysisPanel(self.annotations, self._tasks, row)
+            self.analysis.setVisible(False)
+            hbox.addWidget(self.analysis)
+            layout.insertWidget(at, row, 1)
+            self.annotations.measure_action.toggled.connect(self.analysis.setVisible)
+            self.analysis.calibration_changed.connect(self._on_calibration_changed)
+        if self.body_map is None:
+            self._add_body_map_tab(service)
+
+    def _add_body_map_tab(self, service: CaseService) -> None:
+        """The Body map tab: the patient's photo sites and numbered lesions on an outline."""
+        from derm_workstation.core.body_map import BodyMapService
+        from derm_workstation.qt.widgets.qt_body_map import QtBodyMap
+
+        self.body_map = QtBodyMap(self._tasks, BodyMapService(service.ws, service.actor))
+        self.body_map.compare_requested.connect(self.compare_photos_requested)
+        if self.annotations is not None:  # a new lesion marker, a moved outline
+            self.annotations.saved.connect(self.body_map.refresh)
+        if self.analysis is not None:  # calibration changes a lesion's size in mm
+            self.analysis.calibration_changed.connect(lambda *_: self.body_map.refresh()
+                                                      if self.body_map else None)
+        self.ui.detailTabs.addTab(self.body_map, "Body map")
+        if self._detail is not None:
+            self.body_map.set_patient(self._detail.patient.id)
 
     @property
     def detail(self) -> CaseDetail | None:
@@ -223,12 +308,17 @@ class QtCasePanel(QWidget):
         ui.descriptionView.clear()
         ui.questionnaireTree.clear()
         ui.messagesView.clear()
+        ui.allergyLabel.setText("")
+        ui.messageEdit.clear()
+        ui.messageStatusLabel.setText("")
         ui.historyList.clear()
         ui.thumbnailList.clear()
         self._thumb_images.clear()
         ui.photoView.show_message("Select a case to see its photos")
         if self.annotations is not None:
             self.annotations.close_photo()
+        if self.body_map is not None:
+            self.body_map.set_patient(None)
         self.setEnabled(False)
 
     def show_case(self, d: CaseDetail) -> None:
@@ -250,6 +340,7 @@ class QtCasePanel(QWidget):
             f"waiting {waiting_text(d.submitted_at)}  ·  {len(d.photos)} photo(s)"
         )
         self._show_banner(d)
+        self._show_allergies(d)
         ui.complaintValue.setText(d.chief_complaint or "—")
         ui.siteValue.setText(d.body_site or "—")
         ui.submittedValue.setText(_fmt_dt(d.submitted_at))
@@ -258,6 +349,8 @@ class QtCasePanel(QWidget):
         self._fill_messages(d)
         self._fill_history(d)
         self._fill_thumbnails(d)
+        if self.body_map is not None:
+            self.body_map.set_patient(d.patient.id)
 
     # -- filling ----------------------------------------------------------------------------
     def banner_parts(self, d: CaseDetail) -> list[str]:
@@ -270,6 +363,10 @@ class QtCasePanel(QWidget):
             parts.append(d.claim_label)
         elif d.claim_state == "claimed" and d.assignee:
             parts.append(f"Claimed by you ({d.assignee})")
+        elif d.portal_owner and not d.portal_notice and d.status not in ("completed", "cancelled") \
+                and (self._service is None or d.assignee != self._service.actor.username):
+            parts.append(f"Claimed on the portal by {d.assignee or 'someone else'}: "
+                         "opening it does not take it over.")
         if d.incomplete_reason:
             parts.append(f"Incomplete from portal: {d.incomplete_reason}")
         if d.priority in ("stat", "asap", "urgent"):
@@ -326,7 +423,7 @@ class QtCasePanel(QWidget):
         parts = []
         for m in d.messages:
             who = "Patient" if m.direction == "inbound" else "Clinic"
-            state = "" if m.direction == "inbound" else f" · {m.delivery_state}"
+            state = "" if m.direction == "inbound" else f" · {_delivery_html(m.delivery_state)}"
             cls = "in" if m.direction == "inbound" else "out"
             parts.append(
                 f'<div class="{cls}"><p style="color:#8b949e;margin:6px 0 0 0">'
@@ -337,6 +434,124 @@ class QtCasePanel(QWidget):
             parts.append('<p style="color:#8b949e">No messages yet.</p>')
         self.ui.messagesView.setHtml("".join(parts))
         self.ui.detailTabs.setTabText(2, f"Messages ({len(d.messages)})")
+        self._update_compose(d)
+
+    # -- messages to the patient ----------------------------------------------------------
+    def _setup_compose(self) -> None:
+        ui = self.ui
+        ui.messageEdit.setObjectName("messageEdit")
+        ui.sendMessageButton.setObjectName("sendMessageButton")
+        ui.messageStatusLabel.setObjectName("messageStatusLabel")
+        ui.allergyLabel.setObjectName("allergyLabel")
+        ui.sendMessageButton.clicked.connect(self.send_message)
+        ui.messagesView.anchorClicked.connect(self._on_message_link)
+        send = QShortcut(QKeySequence("Ctrl+Return"), ui.messageEdit, self.send_message)
+        send.setContext(Qt.ShortcutContext.WidgetShortcut)
+        self._send_shortcut = send
+
+    def _update_compose(self, d: CaseDetail) -> None:
+        """The compose box is usable for a portal case and a role that may write."""
+        service = self._service
+        ui = self.ui
+        why = ""
+        if service is not None and not service.actor.can("case.edit"):
+            why = "Your role cannot send messages to patients."
+        elif not d.portal_service_request_id or not d.patient.portal_id:
+            why = "This case did not come from the portal: there is no one to send a message to."
+        ui.messageEdit.setEnabled(not why)
+        ui.sendMessageButton.setEnabled(not why)
+        ui.messageEdit.setPlaceholderText(why or "Write to the patient…")
+        if why:
+            ui.messageStatusLabel.setText("")
+
+    def message_thread_text(self) -> str:
+        """The thread as plain text (tests, screen readers)."""
+        return self.ui.messagesView.toPlainText()
+
+    def send_message(self) -> None:
+        """Queue the typed message to the patient in the outbox (works offline)."""
+        d, service = self._detail, self._service
+        ui = self.ui
+        if d is None or service is None or not ui.sendMessageButton.isEnabled():
+            return
+        text = ui.messageEdit.toPlainText()
+        if not text.strip():
+            ui.messageStatusLabel.setText("Write a message first: an empty message is not sent.")
+            ui.messageStatusLabel.setStyleSheet("color: #ff9f43;")
+            ui.messageEdit.setFocus()
+            return
+        from derm_workstation.core.portal_actions import PortalActions
+
+        actions = PortalActions(service.ws, service.actor)
+        case_id = d.id
+        ui.sendMessageButton.setEnabled(False)
+        ui.messageStatusLabel.setText("Queuing…")
+        ui.messageStatusLabel.setStyleSheet("")
+
+        def done(_queued: object) -> None:
+            if self._detail is not None and self._detail.id == case_id:
+                ui.messageEdit.clear()
+                ui.messageStatusLabel.setText("Queued: it is sent to the portal with the next "
+                                              "sync.")
+                ui.sendMessageButton.setEnabled(True)
+            self.message_queued.emit(case_id)
+
+        def failed(exc: BaseException) -> None:
+            from derm_workstation.qt.dialogs.qt_errors import user_message
+
+            ui.sendMessageButton.setEnabled(True)
+            ui.messageStatusLabel.setText(user_message(exc))
+            ui.messageStatusLabel.setStyleSheet("color: #ff6b6b;")
+
+        self._tasks.run_db(lambda: actions.message_patient(case_id, text), done, failed)
+
+    def _on_message_link(self, url: QUrl) -> None:
+        if url.toString() == "retry":
+            self.retry_failed_messages()
+
+    def retry_failed_messages(self) -> None:
+        """Put this case's failed messages back in the outbox ("failed — retry")."""
+        d, service = self._detail, self._service
+        if d is None or service is None:
+            return
+        from derm_workstation.core.portal_actions import KIND_MESSAGE, PortalActions
+
+        actions = PortalActions(service.ws, service.actor)
+        case_id = d.id
+
+        def work() -> int:
+            failed = [i for i in actions.outbox(("failed",))
+                      if i.kind == KIND_MESSAGE and i.case_id == case_id]
+            for item in failed:
+                actions.retry(item.id)
+            return len(failed)
+
+        def done(n: int) -> None:
+            self.ui.messageStatusLabel.setText(
+                f"{n} message(s) queued again." if n else "Nothing to retry.")
+            self.ui.messageStatusLabel.setStyleSheet("")
+            self.message_queued.emit(case_id)
+
+        def failed(exc: BaseException) -> None:
+            from derm_workstation.qt.dialogs.qt_errors import user_message
+
+            self.ui.messageStatusLabel.setText(user_message(exc))
+            self.ui.messageStatusLabel.setStyleSheet("color: #ff6b6b;")
+
+        self._tasks.run_db(work, done, failed)
+
+    # -- allergies ------------------------------------------------------------------------
+    def _show_allergies(self, d: CaseDetail) -> None:
+        text, severe = allergy_line(d)
+        label = self.ui.allergyLabel
+        label.setText(text)
+        state = "severe" if severe else "unknown" if text == ALLERGIES_UNKNOWN else "plain"
+        label.setProperty("allergyState", state)
+        label.setStyleSheet({"severe": "color: #ff8a80; font-weight: bold;",
+                             "unknown": "color: #e6b450;"}.get(state, "color: #c9d1d9;"))
+
+    def allergy_text(self) -> str:
+        return self.ui.allergyLabel.text()
 
     def _fill_history(self, d: CaseDetail) -> None:
         lst = self.ui.historyList
@@ -440,9 +655,27 @@ class QtCasePanel(QWidget):
         if self.annotations is None or service is None:
             return
         from derm_workstation.core.annotations import AnnotationService
+        from derm_workstation.core.lesion_analysis import LesionAnalysisService
 
         self.annotations.open_photo(ph.id, AnnotationService(service.ws, service.actor),
                                     self._tasks, ph.calibration_px_per_mm)
+        if self.analysis is not None:
+            self.analysis.set_photo(ph.id, LesionAnalysisService(service.ws, service.actor))
+
+    def _on_calibration_changed(self, photo_id: str, px_per_mm: float | None) -> None:
+        """The Measure panel changed a photo's calibration: keep the strip's facts true."""
+        from dataclasses import replace
+
+        ph = self._photo_by_id.get(photo_id)
+        if ph is None:
+            return
+        self._photo_by_id[photo_id] = replace(ph, calibration_px_per_mm=px_per_mm)
+        if self._wanted_photo == photo_id:
+            text = self.ui.photoInfoLabel.text()
+            head, sep, _old = text.rpartition("  ·  ")
+            calib = f"{px_per_mm:.1f} px/mm" if px_per_mm else "uncalibrated"
+            if sep:
+                self.ui.photoInfoLabel.setText(f"{head}  ·  {calib}")
 
     def _current_photo(self, key: str) -> str | None:
         ph = self._photo_by_id.get(self._wanted_photo or "")

@@ -7,36 +7,86 @@ photo of the case or of the patient's earlier visits (photos of the same body si
 first, oldest first). Pane 1 is the **baseline**; each other pane has a transform from
 its photo's image coordinates to the baseline's: by default one that matches the
 photos' sizes, after alignment the follow-up -> baseline matrix. Linked views map the
-centre and zoom of the pane the clinician moves through these transforms, so once
-aligned every pane shows the same anatomy, not the same pixels.
+centre, zoom and quarter-turn rotation of the pane the clinician moves through these
+transforms, so once aligned every pane shows the same anatomy, not the same pixels (a
+follow-up taken with the phone turned is turned back to match the baseline).
 
-Alignment (``imaging.registration``) runs on the image pool on copies decoded at
-reduced size; its matrix is scaled back to full-size pixels here.
+Aligning by hand works in every layout; in the overlay the view shows the baseline
+alone for its three spots, then the follow-up alone for the same three.
+:meth:`QtCompareWindow.open_photos` shows chosen photos (the body map uses it).
+
+Helpers live beside this module: ``qt_compare_choices`` (which photos, in which order),
+``qt_compare_align`` (alignment jobs on the image pool, matrices in view coordinates)
+and ``qt_compare_adjust`` (each photo's brightness/contrast/gamma, or all at once).
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from PySide6.QtCore import QPointF, Qt, QTimer, Signal
 from PySide6.QtGui import QCloseEvent, QImage, QKeyEvent, QStandardItemModel, QTransform
 from PySide6.QtWidgets import QWidget
 from shiboken6 import isValid
 
-from derm_workstation.core.views import CaseDetail, PhotoView
+from derm_workstation.core.views import CaseDetail
+from derm_workstation.imaging.levels import Adjustment
 from derm_workstation.qt.dialogs.qt_errors import user_message
 from derm_workstation.qt.forms.compare_pane import Ui_ComparePane
 from derm_workstation.qt.forms.compare_window import Ui_CompareWindow
 from derm_workstation.qt.resources import icon
 from derm_workstation.qt.tasks import QtTaskManager
 from derm_workstation.qt.widgets.qt_case_panel import photo_source
+from derm_workstation.qt.widgets.qt_compare_adjust import QtCompareAdjust
+from derm_workstation.qt.widgets.qt_compare_align import (
+    ALIGN_MODELS,
+    ALIGN_SIDE,
+    AlignResult,
+    align_job,
+    confidence_words,
+    manual_job,
+    qtransform,
+    quarter_of,
+    scale_of,
+    size_match,
+    to_view_coordinates,
+)
+from derm_workstation.qt.widgets.qt_compare_choices import (
+    PANES,
+    CompareChoice,
+    choices_of,
+    default_picks,
+    order_choices,
+    same_site,
+)
 from derm_workstation.qt.widgets.qt_photo_view import QtPhotoView, calibration_text
+
+__all__ = [  # the window, and what its helper modules hold (imported from here before)
+    "ALIGN_MODELS",
+    "ALIGN_SIDE",
+    "FLICKER_MS",
+    "LAYOUTS",
+    "OVERLAY_MODES",
+    "PANES",
+    "AlignResult",
+    "CompareChoice",
+    "QtComparePane",
+    "QtCompareWindow",
+    "align_job",
+    "choices_of",
+    "confidence_words",
+    "default_picks",
+    "manual_job",
+    "order_choices",
+    "qtransform",
+    "quarter_of",
+    "same_site",
+    "scale_of",
+    "size_match",
+    "to_view_coordinates",
+]
 
 if TYPE_CHECKING:
     from derm_workstation.core.services import CaseService
@@ -52,167 +102,7 @@ LAYOUTS: tuple[tuple[str, str], ...] = (
 OVERLAY_MODES: tuple[tuple[str, str], ...] = (
     ("blend", "Blend"), ("swipe", "Swipe"), ("flicker", "Flicker"))
 FLICKER_MS: tuple[tuple[int, str], ...] = ((250, "0.25 s"), (500, "0.5 s"), (1000, "1 s"))
-ALIGN_MODELS: tuple[tuple[str, str], ...] = (
-    ("similarity", "Similarity (shift, turn, zoom)"), ("affine", "Affine (also tilt)"))
-ALIGN_SIDE = 1024
-"""Photos are decoded (DCT-scaled) to this longer side for automatic alignment."""
-PANES = 4
 PHOTO_ROLE = Qt.ItemDataRole.UserRole
-
-
-# ------------------------------------------------------------------ choosing photos
-
-
-@dataclass(frozen=True)
-class CompareChoice:
-    """A photo the clinician can put in a pane."""
-
-    photo: PhotoView
-    case_id: str
-    case_label: str
-    when: datetime
-    current_case: bool
-
-    def label(self) -> str:
-        site = self.photo.body_site or "site not recorded"
-        title = self.photo.title or "Photo"
-        return f"{self.when.astimezone():%d %b %Y}  ·  {title}  ·  {site}  ·  {self.case_label}"
-
-
-def _norm_site(site: str) -> str:
-    return " ".join(site.casefold().replace(",", " ").split())
-
-
-def same_site(a: str, b: str) -> bool:
-    return bool(a.strip()) and _norm_site(a) == _norm_site(b)
-
-
-def choices_of(detail: CaseDetail, current_case: bool) -> list[CompareChoice]:
-    number = detail.case_number or detail.id[:8]
-    label = ("this visit" if current_case
-             else f"visit {detail.submitted_at.astimezone():%d %b %Y} ({number})")
-    return [
-        CompareChoice(ph, detail.id, label, ph.taken_at or detail.submitted_at, current_case)
-        for ph in detail.photos
-    ]
-
-
-def order_choices(choices: Sequence[CompareChoice], site: str
-                  ) -> tuple[list[CompareChoice], list[CompareChoice]]:
-    """(same body site, other sites), each oldest first."""
-    def key(c: CompareChoice) -> tuple[datetime, str]:
-        return (c.when, c.photo.title)
-
-    same = sorted((c for c in choices if same_site(c.photo.body_site, site)), key=key)
-    other = sorted((c for c in choices if not same_site(c.photo.body_site, site)), key=key)
-    return same, other
-
-
-def default_picks(same: Sequence[CompareChoice], other: Sequence[CompareChoice],
-                  current_photo_id: str | None, n: int = PANES) -> list[str]:
-    """Baseline = the oldest photo of the site; then the photo on screen; then the other
-    photos of the site in date order; then the rest."""
-    order = [c.photo.id for c in same] + [c.photo.id for c in other]
-    picks: list[str] = []
-    if order:
-        picks.append(order[0])
-    if current_photo_id and current_photo_id in order and current_photo_id not in picks:
-        picks.append(current_photo_id)
-    for pid in order:
-        if len(picks) >= n:
-            break
-        if pid not in picks:
-            picks.append(pid)
-    return picks[:n]
-
-
-# ------------------------------------------------------------------------- transforms
-
-
-def qtransform(m: np.ndarray) -> QTransform:
-    """A 3x3 column-vector matrix (``p' = m @ (x, y, 1)``) as a QTransform."""
-    m = np.asarray(m, dtype=np.float64)
-    return QTransform(m[0, 0], m[1, 0], m[2, 0], m[0, 1], m[1, 1], m[2, 1],
-                      m[0, 2], m[1, 2], m[2, 2])
-
-
-def _translate(d: float) -> np.ndarray:
-    return np.array([[1.0, 0.0, d], [0.0, 1.0, d], [0.0, 0.0, 1.0]])
-
-
-def to_view_coordinates(m: np.ndarray, follow_scale: tuple[float, float] = (1.0, 1.0),
-                        base_scale: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
-    """Registration matrix (pixel centres at integers, on images reduced by ``*_scale``
-    = reduced / full size) -> full-size view coordinates (pixel corners at integers)."""
-    m_corners = _translate(0.5) @ np.asarray(m, dtype=np.float64) @ _translate(-0.5)
-    s_f = np.diag([follow_scale[0], follow_scale[1], 1.0])
-    s_b_inv = np.diag([1.0 / base_scale[0], 1.0 / base_scale[1], 1.0])
-    out = s_b_inv @ m_corners @ s_f
-    return out / out[2, 2]
-
-
-def size_match(follow: tuple[int, int], base: tuple[int, int]) -> QTransform:
-    """The default follow-up -> baseline map: the whole photo fitted to the baseline."""
-    fw, fh = follow
-    bw, bh = base
-    if min(fw, fh, bw, bh) <= 0:
-        return QTransform()
-    s = min(bw / fw, bh / fh)
-    t = QTransform()
-    t.translate(bw / 2.0, bh / 2.0)
-    t.scale(s, s)
-    t.translate(-fw / 2.0, -fh / 2.0)
-    return t
-
-
-def scale_of(t: QTransform) -> float:
-    return math.sqrt(abs(t.m11() * t.m22() - t.m12() * t.m21())) or 1.0
-
-
-@dataclass(frozen=True)
-class AlignResult:
-    matrix: np.ndarray  # follow-up -> baseline, view coordinates
-    inliers: int
-    matches: int
-    confidence: float
-    model: str
-    rms_px: float
-
-
-def align_job(base_load: Callable[[], bytes], base_size: tuple[int, int],
-              follow_load: Callable[[], bytes], follow_size: tuple[int, int],
-              model: str) -> AlignResult:
-    """Runs on the image pool: decode both photos small and align them."""
-    from derm_workstation.imaging.decode import decode_image
-    from derm_workstation.imaging.registration import align
-
-    b = decode_image(base_load(), max_size=ALIGN_SIDE)
-    f = decode_image(follow_load(), max_size=ALIGN_SIDE)
-    a = align(np.asarray(b), np.asarray(f), model)
-    bs = (b.width / base_size[0], b.height / base_size[1])
-    fs = (f.width / follow_size[0], f.height / follow_size[1])
-    return AlignResult(to_view_coordinates(a.matrix, fs, bs), a.inliers, a.matches,
-                       a.confidence, a.model, a.rms_px / bs[0])
-
-
-def manual_job(base_pts: list[tuple[float, float]], follow_pts: list[tuple[float, float]],
-               model: str) -> AlignResult:
-    """Runs on the image pool (the first use imports scikit-image)."""
-    from derm_workstation.imaging.registration import manual_alignment
-
-    # clicked points are view coordinates; registration puts pixel centres at integers
-    a = manual_alignment([(x - 0.5, y - 0.5) for x, y in base_pts],
-                         [(x - 0.5, y - 0.5) for x, y in follow_pts], model)
-    return AlignResult(to_view_coordinates(a.matrix), a.inliers, a.matches, a.confidence,
-                       a.model, a.rms_px)
-
-
-def confidence_words(c: float) -> str:
-    if c >= 0.6:
-        return "good"
-    if c >= 0.2:
-        return "check it by eye with Blend or Flicker"
-    return "low: consider aligning by hand"
 
 
 # ------------------------------------------------------------------------------ panes
@@ -324,6 +214,9 @@ class QtCompareWindow(QWidget):
         self._points: list[list[QPointF]] = [[] for _ in range(PANES)]
         self._last_pointed: int | None = None
         self._closed = False
+        self._listed = False  # the earlier visits' photos are known
+        self._requested: list[str] | None = None  # open_photos() waiting for the listing
+        self._explicit = False  # open_photos() chose the panes: the listing keeps them
         ui = self.ui
         p = detail.patient
         number = detail.case_number or detail.id[:8]
@@ -335,12 +228,14 @@ class QtCompareWindow(QWidget):
         self.panes = [QtComparePane(i, ui.gridPage) for i in range(PANES)]
         for pane in self.panes:
             pane.view.set_tasks(tasks)
+            pane.view.set_prefetch_full_resolution(False)  # 4 panes: full size on zoom only
             pane.picked.connect(self._on_picked)
             pane.view.view_changed.connect(lambda i=pane.index: self._on_view_moved(i))
             pane.view.point_picked.connect(
                 lambda x, y, i=pane.index: self._on_point(i, x, y))
         overlay = ui.overlayView
         overlay.setObjectName("overlayView")
+        overlay.set_prefetch_full_resolution(False)
         overlay.set_layer(self.panes[0].view.layer)
         overlay.set_overlay(self.panes[1].view.layer, QTransform())
 
@@ -369,6 +264,8 @@ class QtCompareWindow(QWidget):
         ui.alignButton.clicked.connect(self.align_to_baseline)
         ui.manualAlignButton.toggled.connect(self.set_manual_mode)
         ui.clearAlignButton.clicked.connect(self.clear_alignment)
+        self.adjust = QtCompareAdjust(self)
+        overlay.point_picked.connect(self._on_overlay_point)
 
         self._flicker = QTimer(self)
         self._flicker.setInterval(int(ui.flickerCombo.currentData()))
@@ -389,7 +286,7 @@ class QtCompareWindow(QWidget):
         service = self.service
         ids = [e.id for e in self.detail.earlier_cases]
         if not ids:
-            QTimer.singleShot(0, self.photos_listed.emit)
+            QTimer.singleShot(0, self._listed_without_earlier)
             return
         self.tasks.run_db(
             lambda: [service.case_detail(i) for i in ids],
@@ -397,20 +294,88 @@ class QtCompareWindow(QWidget):
             self._earlier_failed,
         )
 
+    def _listed_without_earlier(self) -> None:
+        if self._closed or not isValid(self):
+            return
+        self._listed = True
+        self._apply_requested()
+        self.photos_listed.emit()
+
     def _earlier_loaded(self, details: list[CaseDetail], current_photo_id: str | None) -> None:
         if self._closed or not isValid(self):
             return
         for d in details:
             for c in choices_of(d, current_case=False):
                 self._choices[c.photo.id] = c
-        self._refill(current_photo_id, initial=True)
+        self._listed = True
+        self._refill(current_photo_id, initial=not self._explicit and self._requested is None)
+        self._apply_requested()
         self.photos_listed.emit()
 
     def _earlier_failed(self, exc: BaseException) -> None:
         if self._closed or not isValid(self):
             return
+        self._listed = True
         self._status(f"Earlier visits could not be listed: {user_message(exc)}")
+        self._apply_requested()
         self.photos_listed.emit()
+
+    def open_photos(self, photo_ids: list[str]) -> None:
+        """Show exactly these photos (of this case or the patient's earlier visits).
+
+        One photo: compared with its baseline, side by side (as when the window opens on
+        it); two: side by side; three or four: the 2 x 2 grid; more: the first four in
+        date order. The oldest is the baseline. Ids of earlier visits are resolved once
+        those visits are listed (this waits for that internally); unknown ids are skipped
+        with a note in the window."""
+        self._requested = list(dict.fromkeys(photo_ids))
+        self._apply_requested()
+
+    def _apply_requested(self) -> None:
+        ids = self._requested
+        if ids is None:
+            return
+        known = [self._choices[i] for i in ids if i in self._choices]
+        if not self._listed and (len(known) < len(ids) or len(ids) == 1):
+            return  # photos (or the one photo's baseline) of earlier visits: wait for them
+        self._requested = None
+        self._explicit = True
+        missing = len(ids) - len(known)
+        if missing:
+            self._status(f"{missing} of the requested photos {'is' if missing == 1 else 'are'} "
+                         "not among this patient's photos and could not be shown.")
+        if not known:
+            return
+        known.sort(key=lambda c: (c.when, c.photo.title))
+        if len(known) == 1:
+            photo = known[0].photo
+            if photo.body_site:
+                self._site = photo.body_site
+            same, other = self.ordered()
+            picks = default_picks(same, other, photo.id, n=2)
+            for pane in self.panes:
+                pane.fill(same, other, self._site)
+        else:
+            picks = [c.photo.id for c in known[:PANES]]
+        self.set_layout_mode("1x2" if len(picks) <= 2 else "2x2")
+        for i, pid in enumerate(picks):
+            pane = self.panes[i]
+            if pane.choice is None or pane.choice.photo.id != pid:
+                self.choose(i, pid)
+        for i in range(len(picks), PANES):
+            self.clear_pane(i)
+        self._update_roles()
+        self._update_overlay()
+
+    def clear_pane(self, index: int) -> None:
+        """Leave a pane empty (open_photos with fewer photos than panes)."""
+        pane = self.panes[index]
+        pane.choice = None
+        pane.ui.photoCombo.setCurrentIndex(-1)
+        pane.view.show_message("Pick a photo for this pane from the list above.")
+        self._forget_alignment(index)
+        self._points[index] = []
+        pane.view.set_markers([])
 
     def ordered(self) -> tuple[list[CompareChoice], list[CompareChoice]]:
         return order_choices(list(self._choices.values()), self._site)
@@ -440,6 +405,8 @@ class QtCompareWindow(QWidget):
             pane.view.open_photo(src, self._previews.get(photo_id))
         finally:
             self._syncing = False
+        if not self.adjust.apply_to_all:  # another photo starts unadjusted
+            pane.view.set_adjustment(Adjustment())
         if index == 0:
             for i in range(1, PANES):
                 self._forget_alignment(i)
@@ -447,8 +414,29 @@ class QtCompareWindow(QWidget):
             self._forget_alignment(index)
         self._points[index] = []
         pane.view.set_markers([])
+        self._turn_like_the_others(index)
         self._update_roles()
         self._update_overlay()
+
+    def _turn_like_the_others(self, index: int) -> None:
+        """Linked: a photo put in a pane takes the rotation the other panes show (it
+        still fits the pane; only zooming or panning moves the others to it)."""
+        if not self.linked or self._mode == "overlay":
+            return
+        other = next((i for i in self.visible_panes()
+                      if i != index and self.panes[i].choice is not None), None)
+        if other is None:
+            return
+        ref = self.panes[other].view.rotation // 90 - quarter_of(self.to_base(other))
+        want = (ref + quarter_of(self.to_base(index))) % 4
+        view = self.panes[index].view
+        turn = want - view.rotation // 90
+        if turn % 4:
+            self._syncing = True
+            try:
+                view.rotate(turn)
+            finally:
+                self._syncing = False
 
     def _on_picked(self, index: int, photo_id: str) -> None:
         if self.panes[index].choice is None or self.panes[index].choice.photo.id != photo_id:
@@ -481,6 +469,8 @@ class QtCompareWindow(QWidget):
             if self._align_text[i]:
                 parts.append(self._align_text[i])
             pane.ui.captionLabel.setText("  ·  ".join(parts))
+        if hasattr(self, "adjust"):
+            self.adjust.refresh()
 
     # -- layout and overlay ------------------------------------------------------------------
     def visible_panes(self) -> list[int]:
@@ -493,6 +483,8 @@ class QtCompareWindow(QWidget):
     def set_layout_mode(self, mode: str) -> None:
         if mode not in {k for k, _ in LAYOUTS}:
             raise ValueError(mode)
+        if mode != self._mode and self.manual_mode:
+            self.set_manual_mode(False)  # points clicked in one layout do not carry over
         self._mode = mode
         ui = self.ui
         combo_index = ui.layoutCombo.findData(mode)
@@ -514,9 +506,6 @@ class QtCompareWindow(QWidget):
         for w in overlay_controls:
             w.setVisible(mode == "overlay")
         ui.linkCheck.setVisible(mode != "overlay")
-        if self.ui.manualAlignButton.isChecked() and mode == "overlay":
-            self.ui.manualAlignButton.setChecked(False)
-        ui.manualAlignButton.setEnabled(mode != "overlay")
         self._update_overlay_controls()
         self._update_roles()
         self._update_overlay()
@@ -539,6 +528,13 @@ class QtCompareWindow(QWidget):
         ui = self.ui
         on = self._mode == "overlay"
         mode = ui.overlayModeCombo.currentData()
+        if on and self.manual_mode:  # aligning by hand: one photo at a time, no timer
+            for w in (ui.amountCaption, ui.amountSlider, ui.amountValue, ui.flickerCaption,
+                      ui.flickerCombo):
+                w.setVisible(False)
+            self._flicker.stop()
+            self._show_overlay_stage()
+            return
         for w in (ui.amountCaption, ui.amountSlider, ui.amountValue):
             w.setVisible(on and mode in ("blend", "swipe"))
         for w in (ui.flickerCaption, ui.flickerCombo):
@@ -598,6 +594,9 @@ class QtCompareWindow(QWidget):
         t = self.to_base(index)
         ref = t.map(QPointF(st.cx, st.cy))
         ref_zoom = st.zoom / scale_of(t)
+        # the baseline's rotation: linked panes turn with it (aligned panes by their own
+        # rotation more, so the same anatomy stays upright in every pane)
+        ref_quarter = st.quarter - quarter_of(t)
         self._syncing = True
         try:
             for i in self.visible_panes():
@@ -608,7 +607,8 @@ class QtCompareWindow(QWidget):
                 if not ok:
                     continue
                 c = inv.map(ref)
-                self.panes[i].view.set_view(c.x(), c.y(), ref_zoom * scale_of(ti))
+                self.panes[i].view.set_view(c.x(), c.y(), ref_zoom * scale_of(ti),
+                                            quarter=ref_quarter + quarter_of(ti))
         finally:
             self._syncing = False
 
@@ -718,8 +718,7 @@ class QtCompareWindow(QWidget):
         self._append_status(
             i, f"{self._name(i).capitalize()} could not be aligned automatically: {reason}")
         self.alignment_failed.emit(i, reason)
-        if self._mode != "overlay":
-            self.ui.manualAlignButton.setChecked(True)
+        self.ui.manualAlignButton.setChecked(True)
 
     def _append_status(self, i: int, line: str) -> None:
         if not self._align_busy:
@@ -745,6 +744,15 @@ class QtCompareWindow(QWidget):
                 self._points[pane.index] = []
                 pane.view.set_markers([])
         self._last_pointed = None
+        overlay = self.ui.overlayView
+        overlay.set_picking(on and self._mode == "overlay")
+        ui = self.ui
+        ui.overlayModeCombo.setEnabled(not (on and self._mode == "overlay"))
+        if not on:
+            overlay.set_markers([])
+            overlay.set_overlay_mode(ui.overlayModeCombo.currentData())
+            self._on_amount(ui.amountSlider.value())
+        self._update_overlay_controls()
         if on:
             self._manual_hint()
         else:
@@ -756,9 +764,15 @@ class QtCompareWindow(QWidget):
         counts = "  ·  ".join(
             f"{'baseline' if i == 0 else self._name(i).removeprefix('the ')} "
             f"{len(self._points[i])}/3" for i in self.visible_panes())
-        hint = ("Align by hand: click 3 spots on the baseline (a mole, a freckle, the corner "
-                "of a scar), then the same 3 spots in the same order on the follow-up. "
-                f"{counts}.  Backspace: remove the last point  ·  Esc: stop.")
+        if self._mode == "overlay":
+            hint = ("Align by hand: click 3 spots on the baseline (a mole, a freckle, the "
+                    "corner of a scar); the view then shows the follow-up: click the same 3 "
+                    f"spots in the same order. {counts}.  Backspace: remove the last point  ·  "
+                    "Esc: stop.")
+        else:
+            hint = ("Align by hand: click 3 spots on the baseline (a mole, a freckle, the "
+                    "corner of a scar), then the same 3 spots in the same order on the "
+                    f"follow-up. {counts}.  Backspace: remove the last point  ·  Esc: stop.")
         lines = [s for s in self.status_text.split("\n")
                  if s and not s.startswith("Align by hand")]
         lines.append(hint)
@@ -785,7 +799,47 @@ class QtCompareWindow(QWidget):
             return
         self._points[i].pop()
         self.panes[i].view.set_markers(self._points[i])
+        if i == 1 and not self._points[1]:
+            self._last_pointed = 0  # the next Backspace goes on with the baseline's points
+        self._show_overlay_stage()
         self._manual_hint()
+
+    # -- manual alignment in the overlay layout -------------------------------------------
+    @property
+    def overlay_stage(self) -> str:
+        """Aligning by hand in the overlay: which photo the clicks go to."""
+        return "baseline" if len(self._points[0]) < 3 else "follow-up"
+
+    def _show_overlay_stage(self) -> None:
+        """Overlay + align by hand: show only the photo being clicked, with its points."""
+        view = self.ui.overlayView
+        if not (self.manual_mode and self._mode == "overlay"):
+            return
+        view.set_overlay_mode("flicker")  # shows one photo at a time, labelled
+        follow = self.overlay_stage == "follow-up"
+        view.set_flicker_phase(follow)
+        if follow:
+            t = view.overlay_transform
+            view.set_markers([t.map(p) for p in self._points[1]])
+        else:
+            view.set_markers(self._points[0])
+
+    def _on_overlay_point(self, x: float, y: float) -> None:
+        """A click on the overlay view while aligning by hand (baseline coordinates)."""
+        if not self.manual_mode or self._mode != "overlay":
+            return
+        if self.overlay_stage == "baseline":
+            self._on_point(0, x, y)
+        else:
+            inv, ok = self.ui.overlayView.overlay_transform.inverted()
+            follow = self.panes[1].choice
+            if not ok or follow is None:
+                return
+            p = inv.map(QPointF(x, y))
+            if not (0 <= p.x() <= follow.photo.width and 0 <= p.y() <= follow.photo.height):
+                return  # beside the follow-up photo
+            self._on_point(1, p.x(), p.y())
+        self._show_overlay_stage()
 
     def _try_manual(self) -> None:
         base = self._points[0]

@@ -34,6 +34,7 @@ from derm_workstation.imaging.levels import (
 
 if TYPE_CHECKING:
     import numpy as np
+    from PIL import Image
 
     from derm_workstation.core.views import PhotoView
     from derm_workstation.qt.tasks import QtTaskManager
@@ -62,16 +63,29 @@ def _pixels(img: QImage, writable: bool) -> np.ndarray:
     return np.frombuffer(buf, np.uint8).reshape(img.height(), img.bytesPerLine() // 4, 4)
 
 
+def to_qimage(img: Image.Image) -> QImage:
+    """An RGB Pillow image as an RGB32 QImage (call on the image pool).
+
+    Small images (screen-sized levels, previews: the first pixels on screen) go through
+    Qt's SIMD conversion, ~3x faster than copying channels with numpy; big ones are
+    converted a strip at a time so no second full-size RGB copy ever exists."""
+    w, h = img.size
+    if w * h < _BIG_PIXELS:
+        packed = img.tobytes()
+        return QImage(packed, w, h, 3 * w, QImage.Format.Format_RGB888).convertToFormat(
+            QImage.Format.Format_RGB32)
+    out = QImage(w, h, QImage.Format.Format_RGB32)
+    fill_bgrx(img, _pixels(out, writable=True))
+    return out
+
+
 def decode_to_qimage(data: bytes, spec: LevelSpec) -> QImage:
     """Runs on the image pool: decode one level (safe pipeline) into an RGB32 QImage."""
     big = spec.pixels >= _BIG_PIXELS
     if big:
         _BIG_DECODES.acquire()
     try:
-        img = decode_level(data, spec)
-        out = QImage(img.width, img.height, QImage.Format.Format_RGB32)
-        fill_bgrx(img, _pixels(out, writable=True))
-        return out
+        return to_qimage(decode_level(data, spec))
     finally:
         if big:
             _BIG_DECODES.release()
@@ -84,10 +98,7 @@ def decode_preview(load: Callable[[], bytes | None]) -> QImage | None:
     data = load()
     if not data:
         return None
-    img = decode_image(data)
-    out = QImage(img.width, img.height, QImage.Format.Format_RGB32)
-    fill_bgrx(img, _pixels(out, writable=True))
-    return out
+    return to_qimage(decode_image(data))
 
 
 def adjusted_copy(img: QImage, adj: Adjustment) -> QImage:

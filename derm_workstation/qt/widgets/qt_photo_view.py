@@ -24,7 +24,19 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QEvent, QLineF, QPointF, QRect, QRectF, QSize, Qt, QTimer, Signal
+from PySide6.QtCore import (
+    QEvent,
+    QLineF,
+    QMetaObject,
+    QObject,
+    QPointF,
+    QRect,
+    QRectF,
+    QSize,
+    Qt,
+    QTimer,
+    Signal,
+)
 from PySide6.QtGui import (
     QColor,
     QCursor,
@@ -67,6 +79,12 @@ LOUPE_GAIN = 3.0
 """The loupe magnifies the view this much, and never shows less than 1:1 photo pixels."""
 SWIPE_GRAB_PX = 10
 SETTLE_MS = 150
+PREFETCH_DELAY_MS = 300
+"""Once a photo has been on screen this long, its full-size level is decoded in the
+background (so zooming in and the loupe are sharp at once); browsing quickly through
+photos never queues full-size decodes."""
+PREFETCH_MAX_PIXELS = 25_000_000
+"""Bigger photos decode their full-size level only when the zoom needs it."""
 OVERLAY_MODES = ("blend", "swipe", "flicker")
 MARKER_COLOURS = ("#ff6b6b", "#4dd0e1", "#ffd54f", "#b39ddb")
 
@@ -79,6 +97,16 @@ class ViewState:
     cy: float
     zoom: float
     quarter: int = 0
+
+
+def _disconnect(conn: QMetaObject.Connection | None) -> None:
+    """Break one connection by its handle (``QObject.disconnect(connection)``), never by
+    ``signal.disconnect(slot)``: PySide6 6.12.0 over-releases the ``True`` the latter
+    returns, and on Python 3.11 (True not immortal) enough such calls abort the
+    interpreter ("bool_dealloc")."""
+    if conn is not None:
+        with contextlib.suppress(RuntimeError, TypeError):
+            QObject.disconnect(conn)
 
 
 def _fmt_taken(photo: PhotoSource) -> str:
@@ -117,6 +145,8 @@ class QtPhotoView(QWidget):
         self.setAttribute(Qt.WidgetAttribute.WA_OpaquePaintEvent)
         self.setAttribute(Qt.WidgetAttribute.WA_AcceptTouchEvents, False)
         self._layer: QtPhotoLayer = QtPhotoLayer(None, self)
+        self._layer_connections: list[QMetaObject.Connection] = []
+        self._overlay_connection: QMetaObject.Connection | None = None
         self._connect_layer(self._layer)
         self._cx = 0.0
         self._cy = 0.0
@@ -151,19 +181,26 @@ class QtPhotoView(QWidget):
         self._settle.setSingleShot(True)
         self._settle.setInterval(SETTLE_MS)
         self._settle.timeout.connect(self._settled)
+        self._prefetch = True
+        self._prefetch_key: str | None = None
+        self._prefetch_timer = QTimer(self)
+        self._prefetch_timer.setSingleShot(True)
+        self._prefetch_timer.setInterval(PREFETCH_DELAY_MS)
+        self._prefetch_timer.timeout.connect(self._prefetch_full)
 
     # -- layers -----------------------------------------------------------------------------
     def _connect_layer(self, layer: QtPhotoLayer) -> None:
-        layer.changed.connect(self._on_layer_changed)
-        layer.shown.connect(self._on_layer_shown)
-        layer.failed.connect(self._on_layer_failed)
+        self._layer_connections = [
+            layer.changed.connect(self._on_layer_changed),
+            layer.shown.connect(self._on_layer_shown),
+            layer.failed.connect(self._on_layer_failed),
+        ]
 
-    def _disconnect_layer(self, layer: QtPhotoLayer) -> None:
-        for sig, slot in ((layer.changed, self._on_layer_changed),
-                          (layer.shown, self._on_layer_shown),
-                          (layer.failed, self._on_layer_failed)):
-            with contextlib.suppress(RuntimeError, TypeError):
-                sig.disconnect(slot)
+    def _disconnect_layer(self, _layer: QtPhotoLayer) -> None:
+        # by connection handle, never signal.disconnect(slot): see _disconnect
+        for conn in self._layer_connections:
+            _disconnect(conn)
+        self._layer_connections = []
 
     @property
     def layer(self) -> QtPhotoLayer:
@@ -252,7 +289,30 @@ class QtPhotoView(QWidget):
     def _on_layer_shown(self, key: str) -> None:
         self._message = ""
         self.update()
+        if self._prefetch:
+            self._prefetch_key = key
+            self._prefetch_timer.start()
         self.image_shown.emit(key)
+
+    @property
+    def prefetch_full_resolution(self) -> bool:
+        return self._prefetch
+
+    def set_prefetch_full_resolution(self, on: bool) -> None:
+        """Decode the full-size level in the background once a photo is shown (default on;
+        the compare window turns it off to keep four panes within their memory budget).
+        The view keeps drawing the level its zoom needs, so nothing moves or flickers
+        when the full-size pixels arrive."""
+        self._prefetch = on
+        if not on:
+            self._prefetch_timer.stop()
+
+    def _prefetch_full(self) -> None:
+        src = self._layer.source
+        if (not self._prefetch or src is None or src.key != self._prefetch_key
+                or not self.isVisible() or src.width * src.height > PREFETCH_MAX_PIXELS):
+            return
+        self._layer.request_level(0)
 
     def _on_layer_failed(self, text: str) -> None:
         self._message = text
@@ -309,8 +369,12 @@ class QtPhotoView(QWidget):
     def view_state(self) -> ViewState:
         return ViewState(self._cx, self._cy, self._zoom, self._quarter)
 
-    def set_view(self, cx: float, cy: float, zoom: float, *, emit: bool = False) -> None:
-        """Look at image point (cx, cy) at ``zoom`` (linked views call this)."""
+    def set_view(self, cx: float, cy: float, zoom: float, *, emit: bool = False,
+                 quarter: int | None = None) -> None:
+        """Look at image point (cx, cy) at ``zoom`` (linked views call this); ``quarter``
+        also sets the rotation (clockwise quarter turns)."""
+        if quarter is not None:
+            self._quarter = quarter % 4
         self._fit = False
         self._zoom = min(MAX_ZOOM, max(self.min_zoom(), zoom))
         self._cx, self._cy = cx, cy
@@ -460,10 +524,10 @@ class QtPhotoView(QWidget):
         """Draw ``layer`` over this view's photo; ``to_base`` maps its image coordinates
         to this view's image coordinates."""
         if self._overlay is not None and self._overlay is not layer:
-            with contextlib.suppress(RuntimeError, TypeError):
-                self._overlay.changed.disconnect(self._on_layer_changed)
+            _disconnect(self._overlay_connection)
+            self._overlay_connection = None
         if layer is not None and layer is not self._overlay:
-            layer.changed.connect(self._on_layer_changed)
+            self._overlay_connection = layer.changed.connect(self._on_layer_changed)
         self._overlay = layer
         self._overlay_tf = QTransform(to_base) if to_base is not None else QTransform()
         self._changed(emit=False)

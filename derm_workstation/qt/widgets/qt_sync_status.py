@@ -62,12 +62,28 @@ class SyncOutcome:
     summary: Any  # SyncSummary (imported lazily: the sync stack loads with the store)
     online: bool
     snapshot: SyncSnapshot
+    #: False for a push of the outbox only (a claim sent the moment a case is opened).
+    pulled: bool = True
+
+
+#: What the status bar says when another sync of the same data folder is running (the
+#: CLI, or a second window); the periodic timer simply tries again at the next interval.
+BUSY_TEXT = ("Another sync is running on this workstation; this window tries again at "
+             "the next interval.")
+NOT_SET_UP_TEXT = "No portal is set up. Connect one with Portal › Connect to portal…"
 
 
 def _is_offline(errors: list[str]) -> bool:
     from derm_workstation.sync.engine import OFFLINE_HINT
 
     return any(OFFLINE_HINT in e for e in errors)
+
+
+def portal_host(url: str | None) -> str:
+    """The portal's host (and port) for display; the path and any query are left out."""
+    from derm_workstation.portal.auth import portal_host as host_of
+
+    return host_of(url)
 
 
 def ago(when: datetime | None, now: datetime | None = None) -> str:
@@ -110,6 +126,7 @@ class QtSyncController(QObject):
         self._override: tuple[str, str] | None = None  # (url, token): this process only
         self._cancel: threading.Event | None = None
         self._running = False
+        self._push_after = False  # a push was asked for while a sync ran
         self._closed = False
         self._online: bool | None = None
         self._tried = False  # a sync was started in this session
@@ -140,6 +157,14 @@ class QtSyncController(QObject):
         """Sync with ``url`` using ``token`` for this process only (the demo): nothing is
         written to the keyring or to ``portal.json``."""
         self._override = (url, token)
+        self.refresh()
+
+    def portal_saved(self) -> None:
+        """A portal was saved (or forgotten) in the Connect dialog: stop using the one given
+        for this process only, re-read the settings and sync with the saved one now."""
+        self._override = None
+        self._online = None
+        self._tried = False  # the first sync with the new settings starts by itself
         self.refresh()
 
     def _data_dir(self) -> Path:
@@ -194,14 +219,27 @@ class QtSyncController(QObject):
     # -- syncing ------------------------------------------------------------------------------
     def sync_now(self) -> bool:
         """Start a sync on the network lane; False when one is running or none is possible."""
+        return self._start(pull=True)
+
+    def push_now(self) -> bool:
+        """Send what waits in the outbox now, without pulling (a claim made when a case is
+        opened). While a sync runs, the push follows it. False when nothing was started."""
+        if self._running:
+            self._push_after = True
+            return False
+        return self._start(pull=False)
+
+    def _start(self, *, pull: bool) -> bool:
         if self.workspace is None or self._running or self._closed:
             return False
         if not self.snapshot.configured and self._override is None:
-            self.failed.emit("No portal is set up. Connect one with: derm-workstation login")
+            self.failed.emit(NOT_SET_UP_TEXT)
             return False
         ws, actor, override, retry = self.workspace, self._actor, self._override, self.retry
         cancel = threading.Event()
-        self._tried = True
+        if pull:
+            self._tried = True
+            self._push_after = False  # the sync pushes the outbox at its end
         self._cancel = cancel
         self._running = True
         relay = self._progress_relay
@@ -219,12 +257,12 @@ class QtSyncController(QObject):
                 practitioner = saved.practitioner if saved and \
                     saved.base_url == client.base_url else None
                 summary = run_sync(ws, client, actor=actor, practitioner=practitioner,
-                                   progress=progress, cancel=cancel)
+                                   progress=progress, cancel=cancel, pull=pull)
             finally:
                 client.close()
             online = not _is_offline(summary.errors)
             self._online = online
-            return SyncOutcome(summary, online, self._read_snapshot())
+            return SyncOutcome(summary, online, self._read_snapshot(), pulled=pull)
 
         self.started.emit()
         self.tasks.run_net(work, self._done, self._error)
@@ -235,18 +273,30 @@ class QtSyncController(QObject):
         self._cancel = None
         self._set_snapshot(outcome.snapshot)
         self.finished.emit(outcome)
+        self._follow_up()
 
     def _error(self, exc: BaseException) -> None:
         from derm_workstation.core.errors import DermError
+        from derm_workstation.sync.lock import SyncBusyError
 
         self._running = False
         self._cancel = None
-        message = exc.message if isinstance(exc, DermError) else \
-            "The sync stopped because of an unexpected problem; details are in the log file."
-        if not isinstance(exc, DermError):
+        if isinstance(exc, SyncBusyError):
+            message = BUSY_TEXT  # the timer keeps running: the next interval tries again
+        elif isinstance(exc, DermError):
+            message = exc.message
+        else:
+            message = "The sync stopped because of an unexpected problem; details are in " \
+                      "the log file."
             log.error("sync failed", exc_info=exc)
         self.failed.emit(message)
         self.refresh()
+        self._follow_up()
+
+    def _follow_up(self) -> None:
+        if self._push_after and not self._closed:
+            self._push_after = False
+            self._start(pull=False)
 
     def cancel(self) -> None:
         """Ask a running sync to stop (it stops at the next case; nothing is half-stored)."""
@@ -261,7 +311,10 @@ class QtSyncController(QObject):
 
 
 class QtSyncStatus(QWidget):
-    """Status-bar part: ● Online · Synced 3 min ago · 2 waiting to send · [Sync now]."""
+    """Status-bar part: ● Online · Synced 3 min ago · 2 waiting to send · [Sync now].
+
+    The connection's tooltip names the portal by its host only (no path, no credentials).
+    """
 
     #: The clinician clicked the outbox text.
     outbox_requested = Signal()
@@ -335,7 +388,7 @@ class QtSyncStatus(QWidget):
             self.state_label.setText("Portal: not set up")
             self.state_label.setProperty("syncState", "none")
             self.state_label.setStyleSheet("color: #9aa3ad;")
-            self.state_label.setToolTip("Connect a portal with: derm-workstation login")
+            self.state_label.setToolTip("No portal is set up: Portal › Connect to portal…")
             self.last_label.setText("")
         else:
             if self.syncing:
@@ -349,7 +402,7 @@ class QtSyncStatus(QWidget):
             self.state_label.setText(text)
             self.state_label.setProperty("syncState", st)
             self.state_label.setStyleSheet(f"color: {color}; font-weight: bold;")
-            tip = f"Portal: {snap.portal_url}"
+            tip = f"Portal: {portal_host(snap.portal_url)}"
             if snap.online is False:
                 tip += "\nThe portal could not be reached. Everything on this workstation " \
                        "can still be used; the next sync tries again by itself."
