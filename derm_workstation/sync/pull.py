@@ -484,7 +484,13 @@ class Puller:
         self.concurrency = concurrency
         self.progress = progress
         self.cancel = cancel or threading.Event()
-        self._scheduled: set[str] = set()
+        #: Task id → the version scheduled in this run.
+        self._scheduled: dict[str, str | None] = {}
+        #: Tasks seen again with a newer version while the pull was paging (changed on the
+        #: portal meanwhile): fetched again once nothing else is in flight. Until then the
+        #: open cursor is held, so a crash re-reads them instead of skipping past.
+        self._stale: dict[str, TaskIn] = {}
+        self._held: list[tuple[list[TaskIn], bool]] = []
         self._history: dict[str, list[TaskIn]] = {}
         self._allergy_cache: dict[str, list[AllergyIn] | None] = {}
         self._history_lock = threading.Lock()
@@ -566,6 +572,20 @@ class Puller:
                                      final=page.next_url is None)
 
         self._run(pages(), with_history=True)
+        self._catch_up_stale()
+
+    def _catch_up_stale(self) -> None:
+        """Fetch again the Tasks that changed on the portal while this pull was paging,
+        then release the cursor moves held back meanwhile."""
+        while self._stale:
+            stale = list(self._stale.values())
+            self._stale.clear()
+            for t in stale:
+                self._scheduled.pop(t.portal_id, None)
+            self._process(stale, with_history=False)
+        held, self._held = self._held, []
+        for tasks, final in held:
+            self._advance(state.CURSOR_OPEN, tasks, final=final)
 
     def _pull_closed(self) -> None:
         with self.ws.db.session() as s:
@@ -637,6 +657,9 @@ class Puller:
             if when is not None and t.last_updated:
                 stamps.append((when, t.last_updated))
         stamps.sort(key=lambda x: x[0])
+        if key == state.CURSOR_OPEN and self._stale:
+            self._held.append((tasks, final))  # see _catch_up_stale
+            return
         candidate: str | None = floor
         if stamps:
             if final:
@@ -657,7 +680,12 @@ class Puller:
 
     def _needs(self, tasks: list[TaskIn], force: bool) -> list[tuple[TaskIn, set[str]]]:
         """The Tasks to fetch (new, changed or flagged) and the photos each already has."""
-        fresh = [t for t in tasks if t.portal_id not in self._scheduled]
+        fresh = []
+        for t in tasks:
+            if t.portal_id not in self._scheduled:
+                fresh.append(t)
+            elif t.version is not None and self._scheduled[t.portal_id] != t.version:
+                self._stale[t.portal_id] = t  # changed on the portal during this pull
         if not fresh:
             return []
         ids = [t.portal_id for t in fresh]
@@ -679,7 +707,7 @@ class Puller:
                             have.add(mid)
                 out.append((t, have))
         for t, _ in out:
-            self._scheduled.add(t.portal_id)
+            self._scheduled[t.portal_id] = t.version
         return out
 
     def _process(self, tasks: list[TaskIn], *, with_history: bool, force: bool = False) -> None:

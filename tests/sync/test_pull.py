@@ -419,3 +419,39 @@ def test_photo_downloads_are_concurrent_but_bounded(empty_portal: ReferencePorta
         summary = run_sync(ws, make_client(proxy.base_url), concurrency=2)
     assert summary.completed and summary.photos_downloaded == 16
     assert inflight[1] == 2  # in parallel, never more than asked
+
+
+def test_a_task_changed_on_the_portal_while_paging_is_not_lost(
+        empty_portal: ReferencePortal, ws: Workspace, make_client: ClientFactory) -> None:
+    """A Task already taken from page 1 changes on the portal before the last page is read:
+    it comes back on a later page with a new version. That version must reach the local
+    case in this sync (not be skipped as "already seen"), and the cursor must not pass it
+    before it is stored."""
+    for n in range(57):
+        add_portal_case(empty_portal.store, n=n)
+    first = empty_portal.store.search("Task")[0]  # oldest change: on page 1
+    changed = threading.Event()
+
+    def progress(done: int, total: int | None) -> None:
+        if not changed.is_set():
+            changed.set()
+            task = empty_portal.store.get("Task", first["id"])
+            task["status"] = "on-hold"
+            task["businessStatus"] = {"text": "Waiting for a sharper photo"}
+            empty_portal.store.put(task)
+
+    summary = run_sync(ws, make_client(empty_portal.base_url), concurrency=2,
+                       progress=progress)
+    assert summary.completed, summary.errors
+    assert changed.is_set()
+    now = empty_portal.store.get("Task", first["id"])
+    with ws.db.session() as s:
+        case = s.scalar(select(Case).where(Case.portal_task_id == first["id"]))
+        assert case is not None
+        assert case.status == "on-hold"
+        assert case.portal_task_version == now["meta"]["versionId"]
+        assert case.portal_business_status == "Waiting for a sharper photo"
+        cursor = state.get(s, state.CURSOR_OPEN)
+    assert cursor == now["meta"]["lastUpdated"]  # all committed, so it moved to the end
+    assert local_counts(ws)["cases"] == 57
+    assert_no_duplicates(ws)
