@@ -183,6 +183,7 @@ def cmd_login(args: argparse.Namespace) -> int:
         checked = True
     paths = resolve_data_paths(args.data_dir).ensure(writable=True)
     saved = auth.save_login(paths.root, settings, secret)
+    _audit_portal(args, audit_action="portal.connect", url=settings.base_url)
     result = {"portal_url": settings.base_url, "auth": settings.auth,
               "settings_file": str(saved), "keyring_service": auth.KEYRING_SERVICE,
               "checked": checked}
@@ -194,12 +195,27 @@ def cmd_login(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_portal(args: argparse.Namespace, *, audit_action: str, url: str) -> None:
+    """The audit trail of the data folder: the portal's host only, never the secret."""
+    from derm_workstation.core import audit
+    from derm_workstation.core.users import local_actor
+    from derm_workstation.portal.auth import portal_host
+
+    ws = open_workspace(args)
+    try:
+        audit.record_portal(ws, local_actor(), audit_action, portal_host(url))
+    finally:
+        ws.close()
+
+
 def cmd_logout(args: argparse.Namespace) -> int:
     from derm_workstation.core.paths import resolve_data_paths
     from derm_workstation.portal import auth
 
     paths = resolve_data_paths(getattr(args, "data_dir", None)).ensure(writable=True)
     forgotten = auth.disconnect(paths.root)
+    if forgotten:
+        _audit_portal(args, audit_action="portal.disconnect", url=forgotten)
     if args.json:
         print_json({"forgotten": forgotten})
     elif forgotten:

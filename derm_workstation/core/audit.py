@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -18,7 +18,13 @@ from sqlalchemy.orm import Session
 from derm_workstation.core.models import AuditEvent, utcnow
 from derm_workstation.core.users import Actor
 
+if TYPE_CHECKING:
+    from derm_workstation.core.workspace import Workspace
+
 GENESIS = "0" * 64
+#: The workstation was connected to a portal / its portal was forgotten (GUI or CLI).
+PORTAL_CONNECT = "portal.connect"
+PORTAL_DISCONNECT = "portal.disconnect"
 
 
 def _digest(prev: str, at: datetime, actor: str, action: str, etype: str, eid: str | None,
@@ -63,3 +69,15 @@ def verify_chain(session: Session) -> int | None:
             return ev.id
         prev = ev.hash
     return None
+
+
+def record_portal(workspace: Workspace, actor: Actor, action: str, host: str) -> None:
+    """Log connecting (``portal.connect``) or disconnecting (``portal.disconnect``) the
+    portal in the data folder's database. ``host`` is the portal's host[:port] only —
+    never a path, a token or a secret."""
+    if action not in (PORTAL_CONNECT, PORTAL_DISCONNECT):
+        raise ValueError(f"not a portal audit action: {action}")
+    if any(c in host for c in "/@?#") or " " in host:
+        raise ValueError("record_portal takes a host name only")
+    with workspace.db.session() as s:
+        record(s, actor, action, "portal", None, {"host": host})

@@ -239,21 +239,45 @@ class PortalActions:
             item = self._item(s, outbox_id)
             if item.state == "sent":
                 raise InputError("This item was already sent; there is nothing to retry.")
-            item.state = "pending"
-            item.attempts = 0
-            item.next_attempt_at = None
-            if item.kind == KIND_CLAIM and item.case_id:
-                case = s.get(Case, item.case_id)
-                if case is not None:
-                    item.payload = {**item.payload, "base_version": case.portal_task_version}
-                    case.claim_state = "pending"
-                    case.portal_notice = None
-            if item.kind == KIND_MESSAGE:
-                msg = s.get(Message, item.payload.get("message_id"))
-                if msg is not None:
-                    msg.delivery_state = "queued"
-            audit.record(s, self.actor, "outbox.retry", "outbox", item.id)
-            return _view(item, s)
+            return self._requeue(s, item)
+
+    def retry_message(self, message_id: str) -> OutboxView:
+        """Send one failed (or waiting) message to the patient again at the next sync —
+        only that message, not the case's other failed ones."""
+        self.actor.require("case.edit")
+        with self.ws.db.session() as s:
+            msg = s.get(Message, message_id)
+            if msg is None or msg.direction != "outbound":
+                raise NotFoundError("That message is not one the clinic sent.")
+            rows = s.scalars(select(OutboxItem).where(
+                OutboxItem.kind == KIND_MESSAGE, OutboxItem.case_id == msg.case_id))
+            item = next((i for i in rows if (i.payload or {}).get("message_id") == msg.id),
+                        None)
+            if item is None:
+                raise NotFoundError("That message has nothing waiting in the outbox.")
+            if item.state == "sent":
+                raise InputError("This message was already sent; there is nothing to retry.")
+            return self._requeue(s, item, {"message_id": msg.id})
+
+    def _requeue(self, s: Session, item: OutboxItem,
+                 detail: dict[str, Any] | None = None) -> OutboxView:
+        """Put an unsent outbox row back in line (shared by :meth:`retry` and
+        :meth:`retry_message`; the caller checked the permission)."""
+        item.state = "pending"
+        item.attempts = 0
+        item.next_attempt_at = None
+        if item.kind == KIND_CLAIM and item.case_id:
+            case = s.get(Case, item.case_id)
+            if case is not None:
+                item.payload = {**item.payload, "base_version": case.portal_task_version}
+                case.claim_state = "pending"
+                case.portal_notice = None
+        if item.kind == KIND_MESSAGE:
+            msg = s.get(Message, item.payload.get("message_id"))
+            if msg is not None:
+                msg.delivery_state = "queued"
+        audit.record(s, self.actor, "outbox.retry", "outbox", item.id, detail)
+        return _view(item, s)
 
     def _item(self, s: Session, ref: str) -> OutboxItem:
         ref = ref.strip()

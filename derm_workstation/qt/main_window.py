@@ -638,7 +638,8 @@ class QtMainWindow(QMainWindow):
         snap = self.sync.snapshot
         dlg = QtPortalDialog(self.tasks, self.workspace.paths.root,
                              session_portal=snap.portal_url if snap.configured else None,
-                             parent=self)
+                             parent=self, workspace=self.workspace,
+                             actor=self.service.actor if self.service is not None else None)
         dlg.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dlg.changed.connect(self.sync.portal_saved)
         dlg.destroyed.connect(lambda *_: setattr(self, "portal_dialog", None))

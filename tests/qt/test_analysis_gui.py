@@ -133,6 +133,9 @@ def harness(qtbot, tasks: QtTaskManager) -> Harness:
     h.show()
     qtbot.waitExposed(h)
     extra_w = h.width() - h.view.width()
+    # the tool row wraps (its height follows the width): set the width first
+    h.resize(W + extra_w, H + h.height() - h.view.height())
+    qtbot.waitUntil(lambda: h.view.width() == W, timeout=TIMEOUT)
     extra_h = h.height() - h.view.height()
     h.resize(W + extra_w, H + extra_h)
     qtbot.waitUntil(lambda: (h.view.width(), h.view.height()) == (W, H), timeout=TIMEOUT)

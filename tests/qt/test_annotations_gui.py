@@ -88,6 +88,9 @@ def harness(qtbot, tasks: QtTaskManager) -> Harness:
     qtbot.addWidget(h)
     h.show()
     qtbot.waitExposed(h)
+    # the tool row wraps (its height follows the width): set the width first
+    h.resize(800, 600 + h.height() - h.view.height())
+    qtbot.waitUntil(lambda: h.view.width() == 800, timeout=TIMEOUT)
     extra = h.height() - h.view.height()
     h.resize(800, 600 + extra)
     qtbot.waitUntil(lambda: (h.view.width(), h.view.height()) == (800, 600), timeout=TIMEOUT)

@@ -333,3 +333,70 @@ def test_a_lesion_marked_on_the_photo_appears_on_the_open_map(
     qtbot.waitUntil(lambda: lesion_photos() == before + 1, timeout=TIMEOUT)
     two = body.body_map.find("lesion", "2") if body.body_map else None
     assert two is not None and data["Arm, follow-up"] in two.photo_ids
+
+
+def test_the_map_works_from_the_keyboard(qtbot, window: QtMainWindow,
+                                         data: dict[str, str]) -> None:
+    """Tab reaches the map; Tab and the arrow keys step through the pins (the canvas's
+    accessible name reads the selected one); Enter opens its photos side by side."""
+    body = open_tab(qtbot, window)
+    canvas = body.canvas
+    assert canvas.focusPolicy() & Qt.FocusPolicy.TabFocus
+    bar = window.case_panel.ui.detailTabs.tabBar()
+    bar.setFocus()
+    seen = []
+    for _ in range(6):  # from the tab bar, Tab into the map
+        if canvas.hasFocus():
+            break
+        seen.append((window.focusWidget().objectName(), type(window.focusWidget()).__name__))
+        qtbot.keyClick(window.focusWidget(), Qt.Key.Key_Tab)
+    assert canvas.hasFocus(), (seen, window.isActiveWindow())
+    order = [pin_id_of(p) for p in canvas.pins_in_order()]
+    assert len(order) >= 3 and set(order) == {pin_id_of(p) for p in canvas.pins}
+    assert body.selected_pin() is None
+    qtbot.keyClick(canvas, Qt.Key.Key_Right)
+    first = body.selected_pin()
+    assert first is not None and pin_id_of(first) == order[0]
+    assert first.label in canvas.accessibleName()
+    assert body.photo_list.count() == len(first.photos)
+    qtbot.keyClick(canvas, Qt.Key.Key_Tab)  # Tab goes to the next pin, focus stays
+    assert canvas.hasFocus() and pin_id_of(body.selected_pin()) == order[1]
+    qtbot.keyClick(canvas, Qt.Key.Key_Left)
+    assert pin_id_of(body.selected_pin()) == order[0]
+    canvas.grab().save("/tmp/body_map_keyboard.png")
+    # the focus ring: the canvas edge is drawn in the focus colour while it has focus
+    img = canvas.grab().toImage()
+    assert img.pixelColor(canvas.width() // 2, 1).name() == "#58a6ff"
+    # to lesion 1 with the arrows, then Enter = double-click
+    for _ in order:
+        if canvas.selected == ("lesion", "1"):
+            break
+        qtbot.keyClick(canvas, Qt.Key.Key_Down)
+    assert canvas.selected == ("lesion", "1")
+    assert "Lesion" in canvas.accessibleName() or "lesion" in canvas.accessibleName()
+    qtbot.keyClick(canvas, Qt.Key.Key_Return)
+    qtbot.waitUntil(lambda: window.compare_window is not None, timeout=TIMEOUT)
+    win = window.compare_window
+    assert isinstance(win, QtCompareWindow)
+    want = [data["Arm, first visit"], data["Arm, follow-up"]]
+    qtbot.waitUntil(lambda: [p.choice.photo.id for p in win.panes[:2]
+                             if p.choice is not None] == want, timeout=TIMEOUT)
+
+
+def test_tab_leaves_the_map_after_the_last_pin(qtbot, window: QtMainWindow) -> None:
+    body = open_tab(qtbot, window)
+    canvas = body.canvas
+    canvas.setFocus()
+    qtbot.waitUntil(canvas.hasFocus, timeout=TIMEOUT)
+    order = [pin_id_of(p) for p in canvas.pins_in_order()]
+    for want in order:
+        qtbot.keyClick(canvas, Qt.Key.Key_Tab)
+        assert canvas.selected == want
+    qtbot.keyClick(canvas, Qt.Key.Key_Tab)  # no keyboard trap
+    assert not canvas.hasFocus()
+    assert canvas.selected == order[-1]
+
+
+def pin_id_of(pin) -> tuple[str, str]:
+    assert pin is not None
+    return (pin.kind, pin.key)

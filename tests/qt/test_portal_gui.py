@@ -328,6 +328,37 @@ def test_disconnect_forgets_the_portal_and_its_secret_and_syncing_stops(
     click(qtbot, dlg.ui.closeButton)
 
 
+def test_connecting_and_disconnecting_are_audited_with_the_host_only(
+        qtbot, window: QtMainWindow, ws: Workspace, portal: ReferencePortal) -> None:
+    from derm_workstation.core.models import AuditEvent
+
+    def portal_events() -> list[tuple[str, str, dict]]:
+        with ws.db.session() as s:
+            return [(e.action, e.actor, dict(e.detail)) for e in s.scalars(
+                select(AuditEvent).where(AuditEvent.entity_type == "portal")
+                .order_by(AuditEvent.id))]
+
+    dlg = open_dialog(qtbot, window)
+    ui = dlg.ui
+    type_into(qtbot, ui.urlEdit, portal.base_url)
+    type_into(qtbot, ui.tokenEdit, TOKEN)
+    with qtbot.waitSignal(dlg.changed, timeout=TIMEOUT):
+        click(qtbot, ui.saveButton)
+    host = f"127.0.0.1:{portal.port}"
+    me = local_actor().username
+    assert portal_events() == [("portal.connect", me, {"host": host})]
+    qtbot.waitUntil(lambda: ui.disconnectButton.isEnabled(), timeout=TIMEOUT)
+    with qtbot.waitSignal(dlg.changed, timeout=TIMEOUT):
+        click(qtbot, ui.disconnectButton)
+    events = portal_events()
+    assert events == [("portal.connect", me, {"host": host}),
+                      ("portal.disconnect", me, {"host": host})]
+    assert TOKEN not in repr(events)
+    qtbot.waitUntil(lambda: window.sync_status is not None and not window.sync.running,
+                    timeout=TIMEOUT)
+    click(qtbot, ui.closeButton)
+
+
 # ----------------------------------------------------------------- messages to the patient
 
 
@@ -647,3 +678,47 @@ def test_the_window_says_so_when_another_process_is_syncing_and_tries_again_late
         assert done.args[0].summary.completed and done.args[0].summary.cases_new == 3
     finally:
         holder.close()
+
+
+def test_the_retry_link_resends_only_its_own_message(
+        qtbot, window: QtMainWindow, ws: Workspace, portal: ReferencePortal) -> None:
+    with FaultProxy(portal.origin) as proxy:
+        assert use_portal(qtbot, window, proxy.base_url).summary.completed
+        qtbot.waitUntil(lambda: window.case_panel.detail is not None, timeout=TIMEOUT)
+        panel = window.case_panel
+        ui = panel.ui
+        open_messages_tab(qtbot, window)
+
+        def refuse(ex: Exchange) -> Reply | None:
+            if ex.method == "POST" and "/Communication" in ex.path:
+                body = (b'{"resourceType":"OperationOutcome","issue":[{"severity":"error",'
+                        b'"code":"business-rule","diagnostics":"Patient has left the portal"}]}')
+                return Reply(422, body, {"Content-Type": "application/fhir+json"})
+            return None
+
+        proxy.before = refuse
+        for text in ("First note.", "Second note."):
+            qtbot.keyClicks(ui.messageEdit, text)
+            with qtbot.waitSignal(window.sync.finished, timeout=TIMEOUT):
+                click(qtbot, ui.sendMessageButton)
+        qtbot.waitUntil(lambda: panel.message_thread_text().count("failed — retry") == 2,
+                        timeout=TIMEOUT)
+        assert [i.state for i in outbox(ws)] == ["failed", "failed"]
+        # click the SECOND message's "retry" link
+        view = ui.messagesView
+        doc = view.document()
+        first = doc.find("retry")
+        second = doc.find("retry", first.selectionEnd())
+        assert not second.isNull() and second.selectionStart() > first.selectionStart()
+        mid = QTextCursor(doc)
+        mid.setPosition(second.selectionStart() + 2)
+        pos = view.cursorRect(mid).center()
+        proxy.before = None
+        with qtbot.waitSignal(window.sync.finished, timeout=TIMEOUT) as blocker:
+            qtbot.mouseClick(view.viewport(), Qt.MouseButton.LeftButton, pos=pos)
+        assert blocker.args[0].summary.outbox_sent == 1
+        assert [i.state for i in outbox(ws)] == ["failed", "sent"]
+        sent = portal.store.search("Communication")
+        assert [c["payload"][0]["contentString"] for c in sent] == ["Second note."]
+        qtbot.waitUntil(lambda: panel.message_thread_text().count("failed — retry") == 1
+                        and " · sent" in panel.message_thread_text(), timeout=TIMEOUT)

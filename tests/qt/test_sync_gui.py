@@ -291,6 +291,8 @@ def test_a_case_cancelled_on_the_portal_keeps_its_banner_on_screen(
         qtbot, window: QtMainWindow, ws: Workspace, portal: ReferencePortal) -> None:
     assert connect_portal(qtbot, window, portal.base_url).summary.completed
     qtbot.waitUntil(lambda: window.model.rowCount() == 3, timeout=TIMEOUT)
+    # the first case's detail loads on the database lane after the rows
+    qtbot.waitUntil(lambda: window.case_panel.detail is not None, timeout=TIMEOUT)
     d = window.case_panel.detail
     assert d is not None and d.portal_task_id is not None
     t = portal.store.get("Task", d.portal_task_id)

@@ -151,3 +151,36 @@ def test_rejected_token_and_usage_errors(portal: ReferencePortal, tmp_path: Path
     assert r.returncode == 2 and "No case" in one_error_line(r)
     r = run(data, "outbox", "retry", "nope-nope")
     assert r.returncode == 2 and "No outbox item" in one_error_line(r)
+
+
+def _portal_events(data: Path) -> list[tuple[str, str, dict]]:
+    from sqlalchemy import select
+
+    from derm_workstation.core.models import AuditEvent
+    from derm_workstation.core.workspace import Workspace
+
+    ws = Workspace.open(data)
+    try:
+        with ws.db.session() as s:
+            return [(e.action, e.actor, dict(e.detail)) for e in s.scalars(
+                select(AuditEvent).where(AuditEvent.entity_type == "portal")
+                .order_by(AuditEvent.id))]
+    finally:
+        ws.close()
+
+
+def test_login_and_logout_are_in_the_audit_trail_with_the_host_only(
+        portal: ReferencePortal, tmp_path: Path) -> None:
+    data = tmp_path / "ws"
+    r = run(data, "login", "--portal-url", portal.base_url, "--token-stdin", stdin=TOKEN)
+    assert r.returncode == 0, r.stderr
+    host = f"127.0.0.1:{portal.port}"
+    events = _portal_events(data)
+    assert [(a, d) for a, _who, d in events] == [("portal.connect", {"host": host})]
+    assert run(data, "logout").returncode == 0
+    assert run(data, "logout").returncode == 0  # nothing saved: nothing to record
+    events = _portal_events(data)
+    assert [(a, d) for a, _who, d in events] == [("portal.connect", {"host": host}),
+                                                  ("portal.disconnect", {"host": host})]
+    assert all(TOKEN not in json.dumps(d) and "/fhir" not in json.dumps(d)
+               for _a, _w, d in events)

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from derm_workstation.core.errors import InputError, PermissionDeniedError
+from derm_workstation.core.errors import InputError, NotFoundError, PermissionDeniedError
 from derm_workstation.core.models import AuditEvent, Case, Message, OutboxItem, utcnow
 from derm_workstation.core.portal_actions import ClaimedElsewhereError, PortalActions
 from derm_workstation.core.users import Actor
@@ -318,3 +318,43 @@ def test_message_needs_a_portal_case(ws: Workspace) -> None:
         PortalActions(ws, DOC).message_patient(ids["Okafor"], "Hello")
     assert PortalActions(ws, DOC).claim(ids["Okafor"]).state == "local"
     assert outbox_rows(ws) == []
+
+
+def test_retry_message_requeues_only_that_message(
+        empty_portal: ReferencePortal, ws: Workspace, make_client: ClientFactory,
+        pulled: dict[str, str], proxy: FaultProxy) -> None:
+    _task_id, case_id = next(iter(pulled.items()))
+    acts = PortalActions(ws, DOC)
+    first = acts.message_patient(case_id, "Your results are ready.")
+    second = acts.message_patient(case_id, "Please book a follow-up.")
+
+    def refuse(ex: Exchange) -> Reply | None:
+        if ex.method == "POST" and "/Communication" in ex.path:
+            body = (b'{"resourceType":"OperationOutcome","issue":[{"severity":"error",'
+                    b'"code":"business-rule","diagnostics":"Patient has left the portal"}]}')
+            return Reply(422, body, {"Content-Type": "application/fhir+json"})
+        return None
+
+    proxy.before = refuse
+    run_sync(ws, make_client(proxy.base_url))
+    assert {i.state for i in outbox_rows(ws)} == {"failed"}
+    with pytest.raises(PermissionDeniedError):
+        PortalActions(ws, NURSE_NO_EDIT).retry_message(first.message_id)
+    view = acts.retry_message(first.message_id)
+    assert view.id == first.outbox_id and view.state == "pending"
+    states = {i.id: i.state for i in outbox_rows(ws)}
+    assert states == {first.outbox_id: "pending", second.outbox_id: "failed"}
+    with ws.db.session() as s:
+        assert s.get(Message, first.message_id).delivery_state == "queued"
+        assert s.get(Message, second.message_id).delivery_state == "failed"
+        [ev] = s.scalars(select(AuditEvent).where(AuditEvent.action == "outbox.retry"))
+        assert ev.actor == "dr.ade" and ev.entity_id == first.outbox_id
+        assert ev.detail == {"message_id": first.message_id}
+    proxy.before = None
+    summary = run_sync(ws, make_client(proxy.base_url))
+    assert summary.outbox_sent == 1
+    assert len(empty_portal.store.search("Communication")) == 1
+    with pytest.raises(InputError, match="already sent"):
+        acts.retry_message(first.message_id)
+    with pytest.raises(NotFoundError):
+        acts.retry_message("no-such-message")

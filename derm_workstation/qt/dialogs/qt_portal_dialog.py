@@ -25,6 +25,8 @@ from derm_workstation.qt.forms.portal_dialog import Ui_PortalDialog
 from derm_workstation.qt.tasks import QtTaskManager
 
 if TYPE_CHECKING:
+    from derm_workstation.core.users import Actor
+    from derm_workstation.core.workspace import Workspace
     from derm_workstation.portal.auth import PortalSettings
 
 log = logging.getLogger(__name__)
@@ -73,13 +75,17 @@ class QtPortalDialog(QDialog):
     loaded = Signal()
 
     def __init__(self, tasks: QtTaskManager, data_dir: Path,
-                 session_portal: str | None = None, parent: QWidget | None = None) -> None:
+                 session_portal: str | None = None, parent: QWidget | None = None, *,
+                 workspace: Workspace | None = None, actor: Actor | None = None) -> None:
         """``session_portal``: a portal the window syncs with for this session only (the
-        demo), shown when nothing is saved."""
+        demo), shown when nothing is saved. ``workspace``/``actor``: where and as whom
+        connecting and disconnecting are written to the audit trail (host only)."""
         super().__init__(parent)
         self.setObjectName("portalDialog")
         self.tasks = tasks
         self.data_dir = Path(data_dir)
+        self.workspace = workspace
+        self.actor = actor
         self.session_portal = session_portal
         self.saved: SavedPortal | None = None
         self._busy = False
@@ -272,6 +278,7 @@ class QtPortalDialog(QDialog):
             from derm_workstation.portal import auth
 
             auth.save_login(data_dir, settings, self._secret_or_saved(settings, secret))
+            self._audit("portal.connect", settings.base_url)
             return settings.base_url
 
         self.tasks.run_db(work, self._saved, self._failed)
@@ -298,9 +305,23 @@ class QtPortalDialog(QDialog):
         def work() -> str | None:
             from derm_workstation.portal import auth
 
-            return auth.disconnect(data_dir)
+            forgotten = auth.disconnect(data_dir)
+            if forgotten:
+                self._audit("portal.disconnect", forgotten)
+            return forgotten
 
         self.tasks.run_db(work, self._disconnected, self._failed)
+
+    def _audit(self, action: str, base_url: str) -> None:
+        """Worker thread: note the (dis)connection in the audit trail — the host only."""
+        ws = self.workspace
+        if ws is None:
+            return
+        from derm_workstation.core import audit
+        from derm_workstation.core.users import local_actor
+        from derm_workstation.portal.auth import portal_host
+
+        audit.record_portal(ws, self.actor or local_actor(), action, portal_host(base_url))
 
     def _disconnected(self, _forgotten: str | None) -> None:
         self._busy = False

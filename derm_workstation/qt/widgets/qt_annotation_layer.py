@@ -41,12 +41,13 @@ from PySide6.QtGui import (
     QPen,
     QPolygonF,
 )
-from PySide6.QtWidgets import QInputDialog, QToolBar, QToolButton, QWidget
+from PySide6.QtWidgets import QInputDialog, QToolButton, QWidget
 
 from derm_workstation.core import annotations as an
 from derm_workstation.core.command_stack import CommandStack
 from derm_workstation.core.errors import DermError
 from derm_workstation.core.notify import notifier
+from derm_workstation.qt.widgets.qt_flow_row import QtFlowRow
 
 if TYPE_CHECKING:
     from derm_workstation.qt.tasks import QtTaskManager
@@ -137,13 +138,13 @@ class QtAnnotationLayer(QWidget):
         self.show()
 
     # -- toolbar and actions ------------------------------------------------------------------
-    def _build_toolbar(self) -> QToolBar:
-        bar = QToolBar("Annotate")
+    def _build_toolbar(self) -> QtFlowRow:
+        # a wrapping row, not a QToolBar: a toolbar hides what does not fit behind ">>"
+        bar = QtFlowRow()
         bar.setObjectName("annotationToolbar")
         bar.setAccessibleName("Annotation tools")
-        bar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
         #: Shows or hides the Measure panel (its owner connects ``toggled``); first, so
-        #: it stays in view when the tools overflow a narrow window.
+        #: it stays at the start of the row when the tools wrap on a narrow window.
         self.measure_action = QAction("Measure", bar)
         self.measure_action.setObjectName("annotationMeasure")
         self.measure_action.setCheckable(True)
@@ -194,7 +195,8 @@ class QtAnnotationLayer(QWidget):
         self._stack_changed()
         return bar
 
-    def toolbar(self) -> QToolBar:
+    def toolbar(self) -> QtFlowRow:
+        """The tool buttons (they wrap onto a second line rather than overflow)."""
         return self._toolbar
 
     def _on_tool_action(self, act: QAction) -> None:

@@ -26,8 +26,10 @@ from PySide6.QtGui import (
     QAction,
     QBrush,
     QColor,
+    QFocusEvent,
     QFont,
     QHelpEvent,
+    QKeyEvent,
     QKeySequence,
     QMouseEvent,
     QPainter,
@@ -74,8 +76,14 @@ SITE_COLOUR = QColor("#3d8bfd")
 LESION_COLOUR = QColor("#a371f7")
 CHANGED_COLOUR = QColor("#ff9f1a")
 SELECTED_COLOUR = QColor("#ffffff")
+FOCUS_COLOUR = QColor("#58a6ff")
 
 Position = tuple[str, float, float]  # view, x, y
+
+
+CANVAS_NAME = "Body map: front and back outlines with photo and lesion pins"
+CANVAS_KEYS = ("Tab or the arrow keys go from pin to pin; Enter compares the selected "
+               "pin's photos")
 
 
 def pin_id(pin: BodyPin) -> tuple[str, str]:
@@ -97,11 +105,13 @@ class QtBodyMapCanvas(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("bodyMapCanvas")
-        self.setAccessibleName("Body map: front and back outlines with photo and lesion pins")
+        self.setAccessibleName(CANVAS_NAME)
+        self.setAccessibleDescription(CANVAS_KEYS)
         self.setMouseTracking(True)
         self.setMinimumSize(QSize(260, 300))
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
-        self.setFocusPolicy(Qt.FocusPolicy.ClickFocus)
+        # Tab reaches the map; Tab / arrows then step through the pins, Enter compares
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
         self.editable = True
         #: Clicking on the body places something (a site not on the map): crosshair cursor.
         self.placing = False
@@ -153,6 +163,7 @@ class QtBodyMapCanvas(QWidget):
     # -- pins -----------------------------------------------------------------------------
     def set_pins(self, pins: Sequence[BodyPin]) -> None:
         self._pins = [p for p in pins if p.placed]
+        self._describe_selection()
         self.update()
 
     @property
@@ -161,7 +172,47 @@ class QtBodyMapCanvas(QWidget):
 
     def select(self, kind: str | None, key: str | None = None) -> None:
         self._selected = (kind, key) if kind is not None and key is not None else None
+        self._describe_selection()
         self.update()
+
+    @property
+    def selected(self) -> tuple[str, str] | None:
+        return self._selected
+
+    def _describe_selection(self) -> None:
+        """Screen readers hear the selected pin in the canvas's name and description."""
+        pin = next((q for q in self._pins if pin_id(q) == self._selected), None)
+        if pin is None:
+            self.setAccessibleName(CANVAS_NAME)
+            self.setAccessibleDescription(CANVAS_KEYS)
+            return
+        self.setAccessibleName(f"Body map, selected: {pin.label}")
+        self.setAccessibleDescription(pin.tooltip.replace("\n", ". ") + ". " + CANVAS_KEYS)
+
+    def pins_in_order(self) -> list[BodyPin]:
+        """The pins in keyboard order: front then back, top to bottom, left to right;
+        a site's lesions follow it."""
+        views = list(bmap.VIEWS)
+        return sorted(self._pins, key=lambda q: (
+            views.index(q.view) if q.view in views else len(views),
+            round(q.y or 0.0, 3), round(q.x or 0.0, 3), q.kind != "site",
+            q.lesion_number or 0, q.key))
+
+    def step_selection(self, forward: bool) -> bool:
+        """Select the next (previous) pin; False when there is none further that way."""
+        order = self.pins_in_order()
+        if not order:
+            return False
+        ids = [pin_id(q) for q in order]
+        if self._selected not in ids:
+            i = 0 if forward else len(ids) - 1
+        else:
+            i = ids.index(self._selected) + (1 if forward else -1)
+            if not 0 <= i < len(ids):
+                return False
+        self.select(*ids[i])
+        self.pin_clicked.emit(*ids[i])
+        return True
 
     def draw_point(self, pin: BodyPin) -> QPointF:
         """Where a pin is drawn. A lesion still at its site's spot is drawn beside the
@@ -212,6 +263,16 @@ class QtBodyMapCanvas(QWidget):
             self._paint_pin(p, pin, self.draw_point(pin))
         if dragged is not None and self._drag_to is not None:
             self._paint_pin(p, dragged, self._drag_to)
+        if self.hasFocus():  # the keyboard is here: a ring round the map and the pin
+            p.setPen(QPen(FOCUS_COLOUR, 2))
+            p.setBrush(Qt.BrushStyle.NoBrush)
+            p.drawRoundedRect(QRectF(self.rect()).adjusted(1, 1, -1, -1), 4, 4)
+            sel = next((q for q in self._pins if pin_id(q) == self._selected), None)
+            if sel is not None:
+                pen = QPen(FOCUS_COLOUR, 2, Qt.PenStyle.DashLine)
+                p.setPen(pen)
+                r = PIN_RADIUS + 7
+                p.drawEllipse(self.draw_point(sel), r, r)
         p.end()
 
     def _paint_figure(self, p: QPainter, view: str) -> None:
@@ -363,6 +424,34 @@ class QtBodyMapCanvas(QWidget):
             event.accept()
             return
         super().mouseDoubleClickEvent(event)
+
+    # -- keyboard ---------------------------------------------------------------------------
+    def focusNextPrevChild(self, next: bool) -> bool:
+        """Tab / Shift+Tab step through the pins, then leave the map at either end."""
+        if self.hasFocus() and self.step_selection(next):
+            return True
+        return super().focusNextPrevChild(next)
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:
+        key = event.key()
+        if key in (Qt.Key.Key_Right, Qt.Key.Key_Down):
+            self.step_selection(True)
+        elif key in (Qt.Key.Key_Left, Qt.Key.Key_Up):
+            self.step_selection(False)
+        elif key in (Qt.Key.Key_Return, Qt.Key.Key_Enter) and self._selected is not None:
+            self.pin_activated.emit(*self._selected)
+        else:
+            super().keyPressEvent(event)
+            return
+        event.accept()
+
+    def focusInEvent(self, event: QFocusEvent) -> None:
+        super().focusInEvent(event)
+        self.update()
+
+    def focusOutEvent(self, event: QFocusEvent) -> None:
+        super().focusOutEvent(event)
+        self.update()
 
     def event(self, e: QEvent) -> bool:
         if e.type() == QEvent.Type.ToolTip and isinstance(e, QHelpEvent):

@@ -95,11 +95,13 @@ def _placeholder_icon(text: str, size: QSize) -> QIcon:
     return QIcon(pm)
 
 
-def _delivery_html(state: str) -> str:
-    """An outbound message's state in the thread: queued, sent, or failed with a retry link."""
+def _delivery_html(state: str, message_id: str = "") -> str:
+    """An outbound message's state in the thread: queued, sent, or failed with a retry link
+    (for that message only)."""
     if state == "failed":
+        href = html.escape(f"retry:{message_id}" if message_id else "retry", quote=True)
         return ("<span style='color:#ff6b6b'><b>failed</b></span> — "
-                "<a href='retry' style='color:#9cc4ff'>retry</a>")
+                f"<a href='{href}' style='color:#9cc4ff'>retry</a>")
     if state == "queued":
         return "<span style='color:#e6b450'>queued</span>"
     return html.escape(state)
@@ -261,6 +263,18 @@ class QtCasePanel(QWidget):
             self.analysis.calibration_changed.connect(lambda *_: self.body_map.refresh()
                                                       if self.body_map else None)
         self.ui.detailTabs.addTab(self.body_map, "Body map")
+        # keyboard order: Tab from the tab bar goes into the map (the page is added last,
+        # so its widgets would otherwise come after every photo tool)
+        prev: QWidget = self.ui.detailTabs.tabBar()
+        w = self.body_map.nextInFocusChain()
+        chain: list[QWidget] = []
+        while w is not self.body_map and self.body_map.isAncestorOf(w):
+            if w.focusPolicy() & Qt.FocusPolicy.TabFocus and w not in chain:
+                chain.append(w)
+            w = w.nextInFocusChain()
+        for w in chain:
+            QWidget.setTabOrder(prev, w)
+            prev = w
         if self._detail is not None:
             self.body_map.set_patient(self._detail.patient.id)
 
@@ -423,7 +437,8 @@ class QtCasePanel(QWidget):
         parts = []
         for m in d.messages:
             who = "Patient" if m.direction == "inbound" else "Clinic"
-            state = "" if m.direction == "inbound" else f" · {_delivery_html(m.delivery_state)}"
+            state = ("" if m.direction == "inbound"
+                     else f" · {_delivery_html(m.delivery_state, m.id)}")
             cls = "in" if m.direction == "inbound" else "out"
             parts.append(
                 f'<div class="{cls}"><p style="color:#8b949e;margin:6px 0 0 0">'
@@ -506,8 +521,34 @@ class QtCasePanel(QWidget):
         self._tasks.run_db(lambda: actions.message_patient(case_id, text), done, failed)
 
     def _on_message_link(self, url: QUrl) -> None:
-        if url.toString() == "retry":
+        link = url.toString()
+        if link.startswith("retry:"):
+            self.retry_message(link.removeprefix("retry:"))
+        elif link == "retry":
             self.retry_failed_messages()
+
+    def retry_message(self, message_id: str) -> None:
+        """Put this one failed message back in the outbox (its "failed — retry" link)."""
+        d, service = self._detail, self._service
+        if d is None or service is None:
+            return
+        from derm_workstation.core.portal_actions import PortalActions
+
+        actions = PortalActions(service.ws, service.actor)
+        case_id = d.id
+
+        def done(_item: object) -> None:
+            self.ui.messageStatusLabel.setText("Message queued again.")
+            self.ui.messageStatusLabel.setStyleSheet("")
+            self.message_queued.emit(case_id)
+
+        def failed(exc: BaseException) -> None:
+            from derm_workstation.qt.dialogs.qt_errors import user_message
+
+            self.ui.messageStatusLabel.setText(user_message(exc))
+            self.ui.messageStatusLabel.setStyleSheet("color: #ff6b6b;")
+
+        self._tasks.run_db(lambda: actions.retry_message(message_id), done, failed)
 
     def retry_failed_messages(self) -> None:
         """Put this case's failed messages back in the outbox ("failed — retry")."""
@@ -670,6 +711,7 @@ class QtCasePanel(QWidget):
         if ph is None:
             return
         self._photo_by_id[photo_id] = replace(ph, calibration_px_per_mm=px_per_mm)
+        self.ui.photoView.set_calibration(ph.sha256, px_per_mm)  # the Info overlay (I)
         if self._wanted_photo == photo_id:
             text = self.ui.photoInfoLabel.text()
             head, sep, _old = text.rpartition("  ·  ")

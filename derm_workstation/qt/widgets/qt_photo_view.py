@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import (
@@ -262,6 +262,15 @@ class QtPhotoView(QWidget):
     @property
     def source(self) -> PhotoSource | None:
         return self._layer.source
+
+    def set_calibration(self, key: str, px_per_mm: float | None) -> None:
+        """The photo ``key`` was (re)calibrated or its calibration cleared: if it is the one
+        shown, the info overlay says so at once (no reload of the pixels)."""
+        src = self._layer.source
+        if src is None or src.key != key or src.calibration_px_per_mm == px_per_mm:
+            return
+        self._layer.source = replace(src, calibration_px_per_mm=px_per_mm)
+        self.update()
 
     def set_caption(self, text: str) -> None:
         """A short line drawn at the top of the view (e.g. the compare pane's role)."""

@@ -1,0 +1,152 @@
+"""Workstation polish, driven as a clinician would: every annotation tool in view at the
+default window size, and the Info overlay following a calibration change at once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import QPoint, QSettings, Qt
+from PySide6.QtWidgets import QToolBar, QToolButton
+
+from derm_workstation.core.services import CaseService
+from derm_workstation.core.users import local_actor
+from derm_workstation.core.workspace import Workspace
+from derm_workstation.qt.app import apply_theme
+from derm_workstation.qt.main_window import QtMainWindow
+from derm_workstation.qt.tasks import QtTaskManager
+from tests.builders import populate
+
+TIMEOUT = 10_000
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Iterator[Workspace]:
+    w = Workspace.open(tmp_path / "data")
+    yield w
+    w.close()
+
+
+@pytest.fixture
+def window(qtbot, qapp, ws: Workspace) -> Iterator[QtMainWindow]:
+    populate(ws)
+    apply_theme(qapp)
+    tasks = QtTaskManager()
+    win = QtMainWindow(tasks, QSettings())
+    qtbot.addWidget(win)
+    with qtbot.waitSignal(win.ready, timeout=TIMEOUT):
+        win.show()
+        win.attach(ws, CaseService(ws, local_actor()))
+        win.refresh()
+    qtbot.waitUntil(lambda: win.case_panel.shown_photo_id is not None, timeout=TIMEOUT)
+    yield win
+    win.close()
+    tasks.shutdown()
+
+
+def click(qtbot, w, at: QPoint | None = None) -> None:
+    qtbot.mouseClick(w, Qt.MouseButton.LeftButton, pos=at or w.rect().center())
+
+
+def drag(qtbot, v, start: QPoint, end: QPoint, steps: int = 4) -> None:
+    qtbot.mousePress(v, Qt.MouseButton.LeftButton, pos=start)
+    for i in range(1, steps + 1):
+        qtbot.mouseMove(v, start + (end - start) * i / steps)
+    qtbot.mouseRelease(v, Qt.MouseButton.LeftButton, pos=end)
+
+
+# -- 1. the annotation tool row never hides a tool ----------------------------------------------
+def test_every_annotation_tool_is_in_view_at_the_default_size(qtbot, window) -> None:
+    window.resize(1500, 940)
+    cp = window.case_panel
+    layer = cp.annotations
+    assert layer is not None
+    bar = layer.toolbar()
+    qtbot.waitUntil(lambda: window.width() == 1500, timeout=TIMEOUT)
+    assert not bar.findChildren(QToolBar) and not isinstance(bar, QToolBar)
+    assert bar.findChild(QToolButton, "qt_toolbar_ext_button") is None  # no ">>" menu
+    buttons = [b for b in bar.findChildren(QToolButton) if b.defaultAction() is not None]
+    names = {b.objectName() for b in buttons}
+    assert {"annotationTool_bidirectionalButton", "annotationDeleteButton",
+            "annotationUndoButton", "annotationRedoButton",
+            "annotationMeasureButton"} <= names
+    assert len(buttons) == 14
+    area = bar.rect()
+    for b in buttons:
+        assert b.isVisible(), b.objectName()
+        assert b.accessibleName() and b.toolTip(), b.objectName()
+        assert area.contains(b.geometry()), b.objectName()  # wholly inside, not clipped
+    # the photo is below the whole row, not under its second line
+    view = cp.ui.photoView
+    assert view.mapTo(window, QPoint(0, 0)).y() >= bar.mapTo(window, QPoint(0, bar.height())).y()
+    window.grab().save("/tmp/workstation_tool_row.png")
+
+    # the last tools work by a real click
+    bidi = bar.findChild(QToolButton, "annotationTool_bidirectionalButton")
+    click(qtbot, bidi)
+    assert layer.tool == "bidirectional" and bidi.isChecked()
+    qtbot.waitUntil(lambda: layer.pending_saves == 0, timeout=TIMEOUT)
+    before = len(layer.annotations())
+    mid = view.rect().center()
+    drag(qtbot, view, mid - QPoint(60, 0), mid + QPoint(60, 20))
+    assert len(layer.annotations()) == before + 1
+    undo = bar.findChild(QToolButton, "annotationUndoButton")
+    redo = bar.findChild(QToolButton, "annotationRedoButton")
+    assert undo.isEnabled()
+    click(qtbot, undo)
+    assert len(layer.annotations()) == before
+    assert redo.isEnabled()
+    click(qtbot, redo)
+    assert len(layer.annotations()) == before + 1
+    qtbot.waitUntil(lambda: layer.pending_saves == 0, timeout=TIMEOUT)
+
+
+def test_the_tool_row_wraps_rather_than_hides_when_narrow(qtbot, window) -> None:
+    bar = window.case_panel.annotations.toolbar()
+    one_line = bar.sizeHint().height()
+    narrow = bar.heightForWidth(300)
+    assert narrow > 2 * one_line  # several lines, every button still laid out
+    wide = bar.heightForWidth(bar.sizeHint().width() + 10)
+    assert wide <= one_line + 1
+
+
+# -- 2. the Info overlay follows the Measure panel's calibration --------------------------------
+def _finished(qtbot, panel, name: str):
+    return qtbot.waitSignal(panel.finished, timeout=TIMEOUT,
+                            check_params_cb=lambda n: n == name)
+
+
+def test_info_overlay_follows_a_calibration_change_at_once(qtbot, window) -> None:
+    cp = window.case_panel
+    view = cp.ui.photoView
+    panel = cp.analysis
+    assert panel is not None
+    qtbot.waitUntil(lambda: view.has_image and panel.state is not None, timeout=TIMEOUT)
+    view.setFocus()
+    qtbot.keyClick(view, Qt.Key.Key_I)  # the Info overlay, by its key
+    assert view.info_enabled
+    assert "Calibration: uncalibrated" in view.info_lines()
+    click(qtbot, cp.annotations.toolbar().findChild(QToolButton, "annotationMeasureButton"))
+    assert panel.isVisible()
+    # calibrate with a 10 mm ruler line dragged on the photo
+    click(qtbot, panel.ruler_button)
+    mid = view.rect().center()
+    drag(qtbot, view, mid - QPoint(100, 0), mid + QPoint(100, 0))
+    qtbot.waitUntil(lambda: panel.use_line_button.height() > 10, timeout=TIMEOUT)
+    panel.ruler_spin.selectAll()
+    qtbot.keyClicks(panel.ruler_spin, "10")
+    with _finished(qtbot, panel, "ruler"):
+        click(qtbot, panel.use_line_button)
+    ppm = panel.state.px_per_mm
+    assert ppm is not None
+    shown = view.source
+    assert shown is not None and shown.calibration_px_per_mm == ppm  # no reopen needed
+    assert f"Calibration: {ppm:.1f} px/mm" in view.info_lines()
+    window.grab().save("/tmp/workstation_info_calibrated.png")
+    # clearing it shows at once too
+    qtbot.waitUntil(lambda: panel.clear_button.isEnabled(), timeout=TIMEOUT)
+    with _finished(qtbot, panel, "clear"):
+        click(qtbot, panel.clear_button)
+    assert "Calibration: uncalibrated" in view.info_lines()
+    assert view.source is not None and view.source.key == shown.key
