@@ -412,6 +412,98 @@ _PROGRESSIVE_SOF = frozenset({0xC2, 0xCA})
 _ENTROPY_END = re.compile(rb"\xff[^\x00\xd0-\xd7]")
 
 
+def _jpeg_frame(data: bytes, pos: int, length: int, marker: int
+                ) -> tuple[int, int, list[tuple[int, int]]]:
+    """(width, height, sampling factors) of the frame header (SOFn) whose length field is
+    at ``pos``; ImageRejected for a variant we cannot read or an invalid header."""
+    if length < 8:
+        raise _damaged("the JPEG frame header is too short")
+    precision = data[pos + 2]
+    height = (data[pos + 3] << 8) | data[pos + 4]
+    width = (data[pos + 5] << 8) | data[pos + 6]
+    ncomp = data[pos + 7]
+    _check_dimensions(width, height)
+    if marker not in _SUPPORTED_SOF or precision != 8:
+        raise ImageRejected(
+            "This JPEG uses a variant (lossless, 12-bit or hierarchical) the "
+            "workstation cannot read; save it as a standard JPEG.",
+            code="unsupported",
+        )
+    if ncomp not in (1, 3, 4) or length < 8 + 3 * ncomp:
+        raise _damaged("the JPEG frame header is invalid")
+    comps = []
+    for i in range(ncomp):
+        hv = data[pos + 9 + 3 * i]
+        hs, vs = hv >> 4, hv & 0x0F
+        if not (1 <= hs <= 4 and 1 <= vs <= 4):
+            raise _damaged("the JPEG sampling factors are invalid")
+        comps.append((hs, vs))
+    return width, height, comps
+
+
+def jpeg_head_size(head: bytes) -> tuple[int, int] | None:
+    """Displayed (width, height) of a JPEG from its first bytes, without decoding.
+
+    Reads the markers before the first scan: the frame header (checked as
+    :func:`inspect_image` checks it) and the EXIF orientation (read as the full check
+    reads it). None whenever the head does not settle it plainly — not a JPEG, the scan
+    not reached within ``head``, a variant or header the full check would refuse — so
+    the caller runs the full check instead. Says nothing about the data after the head.
+    """
+    n = len(head)
+    if not head.startswith(b"\xff\xd8\xff"):
+        return None
+    pos = 2
+    size: tuple[int, int] | None = None
+    exif: bytes | None = None
+    try:
+        for _ in range(256):
+            if pos >= n or head[pos] != 0xFF:
+                return None
+            while pos < n and head[pos] == 0xFF:
+                pos += 1
+            if pos + 3 > n:
+                return None
+            marker = head[pos]
+            pos += 1
+            if marker == 0xDA:  # start of scan: everything needed comes before it
+                break
+            if marker in (0x00, 0x01, 0xD8, 0xD9) or 0xD0 <= marker <= 0xD7:
+                return None
+            length = (head[pos] << 8) | head[pos + 1]
+            if length < 2 or pos + length > n:
+                return None
+            if marker in _SOF_MARKERS:
+                if size is not None:
+                    return None
+                width, height, _comps = _jpeg_frame(head, pos, length, marker)
+                size = (width, height)
+            elif marker == 0xE1 and exif is None \
+                    and head[pos + 2:pos + 8] == b"Exif\x00\x00":
+                exif = head[pos + 2:pos + length]  # as Pillow keeps it in info["exif"]
+            pos += length
+        else:
+            return None
+    except (ImageRejected, IndexError):
+        return None
+    if size is None:
+        return None
+    orientation = 1
+    if exif is not None:
+        try:
+            with _pillow_guard():  # Pillow's warnings about damaged EXIF stay quiet
+                loaded = Image.Exif()
+                loaded.load(exif)
+                value = loaded.get(_ORIENTATION_TAG, 1)
+        except ImageRejected:  # damaged EXIF: leave it to the full check
+            return None
+        if not isinstance(value, int) or not 1 <= value <= 8:
+            return None  # an unusual orientation entry: leave it to the full check
+        orientation = value
+    width, height = size
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
 def _jpeg_header(data: bytes) -> _Header:
     """Walk the JPEG's markers from SOI to EOI (linear, bounded) and read its SOF."""
     n = len(data)
@@ -452,28 +544,7 @@ def _jpeg_header(data: bytes) -> _Header:
                     "This JPEG uses a hierarchical encoding the workstation cannot read.",
                     code="unsupported",
                 )
-            if length < 8:
-                raise _damaged("the JPEG frame header is too short")
-            precision = data[pos + 2]
-            height = (data[pos + 3] << 8) | data[pos + 4]
-            width = (data[pos + 5] << 8) | data[pos + 6]
-            ncomp = data[pos + 7]
-            _check_dimensions(width, height)
-            if marker not in _SUPPORTED_SOF or precision != 8:
-                raise ImageRejected(
-                    "This JPEG uses a variant (lossless, 12-bit or hierarchical) the "
-                    "workstation cannot read; save it as a standard JPEG.",
-                    code="unsupported",
-                )
-            if ncomp not in (1, 3, 4) or length < 8 + 3 * ncomp:
-                raise _damaged("the JPEG frame header is invalid")
-            comps = []
-            for i in range(ncomp):
-                hv = data[pos + 9 + 3 * i]
-                hs, vs = hv >> 4, hv & 0x0F
-                if not (1 <= hs <= 4 and 1 <= vs <= 4):
-                    raise _damaged("the JPEG sampling factors are invalid")
-                comps.append((hs, vs))
+            width, height, comps = _jpeg_frame(data, pos, length, marker)
             sof = (marker, width, height, comps)
             hmax = max(c[0] for c in comps)
             vmax = max(c[1] for c in comps)

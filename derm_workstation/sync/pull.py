@@ -29,7 +29,6 @@ Database writes happen on the calling thread only; worker threads do network and
 from __future__ import annotations
 
 import logging
-import struct
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -141,11 +140,6 @@ class FetchedCase:
 
 # ------------------------------------------------------------------------- photo facts
 
-#: JPEG frame headers (SOFn) the fast path accepts: baseline, extended, progressive
-#: (Huffman or arithmetic), 8-bit; anything else goes through the full check.
-_FAST_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC9, 0xCA})
-_ANY_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD,
-                      0xCE, 0xCF})
 #: Largest picture the fast path accepts: well inside the decoder's pixel, side and
 #: decode-memory limits, so the full check could not have refused it for its size.
 _FAST_MAX_PIXELS = 40_000_000
@@ -159,96 +153,23 @@ class PhotoFacts:
     height: int
 
 
-def _exif_orientation(tiff: bytes) -> int | None:
-    """EXIF orientation (1..8, else 1) from the TIFF data of an APP1 segment; None when
-    the entry is there but unusual (the full check then decides)."""
-    if tiff[:4] == b"II*\x00":
-        order = "<"
-    elif tiff[:4] == b"MM\x00*":
-        order = ">"
-    else:
-        return 1
-    (ifd,) = struct.unpack(order + "I", tiff[4:8])
-    if ifd < 8 or ifd + 2 > len(tiff):
-        return 1
-    (count,) = struct.unpack(order + "H", tiff[ifd:ifd + 2])
-    for i in range(min(count, 512)):
-        at = ifd + 2 + 12 * i
-        if at + 12 > len(tiff):
-            return None
-        tag, kind, n = struct.unpack(order + "HHI", tiff[at:at + 8])
-        if tag != 0x0112:
-            continue
-        if n != 1 or kind not in (3, 4):
-            return None
-        (value,) = struct.unpack(order + ("H" if kind == 3 else "I"), tiff[at + 8:at + 8 + (
-            2 if kind == 3 else 4)])
-        return value if 1 <= value <= 8 else 1
-    return 1
-
-
 def jpeg_head_facts(head: bytes) -> PhotoFacts | None:
-    """Content type and displayed size of a JPEG from its first bytes, without decoding.
-
-    Walks the markers up to the first scan: one supported 8-bit frame header, a size
-    well inside the decoder's limits, the EXIF orientation. Returns None whenever the
-    head does not settle it plainly (not a JPEG, the scan not reached within ``head``,
-    anything unusual): the caller then runs the full structure check
+    """Content type and displayed size of a JPEG from its first bytes, without decoding
+    (:func:`~derm_workstation.imaging.decode.jpeg_head_size`), for a picture well inside
+    the decoder's limits. None whenever the head does not settle it plainly: the caller
+    then runs the full structure check
     (:func:`~derm_workstation.imaging.probe.probe_bytes`) on the whole file. The full
     safe decode still happens whenever the photo is shown.
     """
-    n = len(head)
-    if not head.startswith(b"\xff\xd8\xff"):
-        return None
-    pos = 2
-    size: tuple[int, int] | None = None
-    orientation: int | None = 1
-    exif_seen = False
-    try:
-        for _ in range(256):
-            if pos >= n or head[pos] != 0xFF:
-                return None
-            while pos < n and head[pos] == 0xFF:
-                pos += 1
-            if pos + 3 > n:
-                return None
-            marker = head[pos]
-            pos += 1
-            if marker == 0xDA:  # start of scan: everything needed comes before it
-                break
-            if marker in (0x00, 0x01, 0xD8, 0xD9) or 0xD0 <= marker <= 0xD7:
-                return None
-            length = (head[pos] << 8) | head[pos + 1]
-            if length < 2 or pos + length > n:
-                return None
-            seg = head[pos + 2:pos + length]
-            if marker in _ANY_SOF:
-                if size is not None or marker not in _FAST_SOF or len(seg) < 6:
-                    return None
-                precision, height, width, ncomp = struct.unpack(">BHHB", seg[:6])
-                if precision != 8 or ncomp not in (1, 3, 4) or len(seg) < 6 + 3 * ncomp:
-                    return None
-                for i in range(ncomp):
-                    hv = seg[7 + 3 * i]
-                    if not (1 <= hv >> 4 <= 4 and 1 <= hv & 0x0F <= 4):
-                        return None
-                size = (width, height)
-            elif marker == 0xE1 and seg.startswith(b"Exif\x00\x00") and not exif_seen:
-                exif_seen = True
-                orientation = _exif_orientation(seg[6:])
-            pos += length
-        else:
-            return None
-    except (struct.error, IndexError):
-        return None
-    if size is None or orientation is None:
+    from derm_workstation.imaging.decode import jpeg_head_size  # Pillow: imported on use
+
+    size = jpeg_head_size(head)
+    if size is None:
         return None
     width, height = size
     if not (0 < width <= _FAST_MAX_SIDE and 0 < height <= _FAST_MAX_SIDE) \
             or width * height > _FAST_MAX_PIXELS:
         return None
-    if orientation in (5, 6, 7, 8):
-        width, height = height, width
     return PhotoFacts("image/jpeg", width, height)
 
 
