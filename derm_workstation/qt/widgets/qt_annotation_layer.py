@@ -48,6 +48,7 @@ from derm_workstation.core.command_stack import CommandStack
 from derm_workstation.core.errors import DermError
 from derm_workstation.core.notify import notifier
 from derm_workstation.qt.widgets.qt_flow_row import QtFlowRow
+from derm_workstation.qt.widgets.qt_undo import undo_redo_actions
 
 if TYPE_CHECKING:
     from derm_workstation.qt.tasks import QtTaskManager
@@ -173,17 +174,10 @@ class QtAnnotationLayer(QWidget):
         self.delete_action.setObjectName("annotationDelete")
         self.delete_action.setToolTip("Delete the selected annotation (Delete)")
         self.delete_action.triggered.connect(self.delete_selected)
-        self.undo_action = QAction("Undo", bar)
-        self.undo_action.setObjectName("annotationUndo")
-        self.undo_action.setShortcut(QKeySequence.StandardKey.Undo)
-        self.undo_action.triggered.connect(self.undo)
-        self.redo_action = QAction("Redo", bar)
-        self.redo_action.setObjectName("annotationRedo")
-        self.redo_action.setShortcuts([QKeySequence("Ctrl+Shift+Z"),
-                                       QKeySequence(QKeySequence.StandardKey.Redo)])
-        self.redo_action.triggered.connect(self.redo)
+        self.undo_action, self.redo_action = undo_redo_actions(
+            bar, "annotation", self.undo, self.redo)
+        self.delete_action.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
         for act in (self.delete_action, self.undo_action, self.redo_action):
-            act.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
             bar.addAction(act)
             self._view.addAction(act)  # the shortcuts work while the photo has focus
         for act in bar.actions():

@@ -23,14 +23,12 @@ from collections.abc import Callable, Sequence
 
 from PySide6.QtCore import QEvent, QPoint, QPointF, QRectF, QSize, Qt, Signal
 from PySide6.QtGui import (
-    QAction,
     QBrush,
     QColor,
     QFocusEvent,
     QFont,
     QHelpEvent,
     QKeyEvent,
-    QKeySequence,
     QMouseEvent,
     QPainter,
     QPainterPath,
@@ -58,6 +56,7 @@ from derm_workstation.core.body_map import BodyMap, BodyMapService, BodyPin
 from derm_workstation.core.command_stack import Command, CommandStack
 from derm_workstation.qt.dialogs.qt_errors import show_error, user_message
 from derm_workstation.qt.tasks import QtTaskManager
+from derm_workstation.qt.widgets.qt_undo import undo_redo_actions
 
 log = logging.getLogger(__name__)
 
@@ -580,18 +579,9 @@ class QtBodyMap(QWidget):
         layout.addWidget(self.header)
         layout.addWidget(self.splitter, 1)
 
-        self.undo_action = QAction("Undo pin move", self)
-        self.undo_action.setObjectName("bodyMapUndo")
-        self.undo_action.setShortcut(QKeySequence.StandardKey.Undo)
-        self.undo_action.triggered.connect(self.undo)
-        self.redo_action = QAction("Redo pin move", self)
-        self.redo_action.setObjectName("bodyMapRedo")
-        self.redo_action.setShortcuts([QKeySequence("Ctrl+Shift+Z"),
-                                       QKeySequence(QKeySequence.StandardKey.Redo)])
-        self.redo_action.triggered.connect(self.redo)
-        for act in (self.undo_action, self.redo_action):
-            act.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
-            self.addAction(act)
+        self.undo_action, self.redo_action = undo_redo_actions(
+            self, "bodyMap", self.undo, self.redo, what="pin move")
+        self.addActions([self.undo_action, self.redo_action])
         self._show_selection()
         self._update_buttons()
 
