@@ -22,7 +22,6 @@ right on the back view.
 
 from __future__ import annotations
 
-import logging
 import math
 import re
 from collections import Counter
@@ -34,13 +33,11 @@ from sqlalchemy import select
 
 from derm_workstation.core import audit
 from derm_workstation.core.annotations import point_in_polygon
-from derm_workstation.core.errors import DermError, InputError, NotFoundError
-from derm_workstation.core.lesions import LesionChange, LesionService
-from derm_workstation.core.models import Annotation, BodyMapPin, Case, Patient, Photo, utcnow
+from derm_workstation.core.errors import InputError, NotFoundError
+from derm_workstation.core.lesions import LesionService, latest_changes
+from derm_workstation.core.models import BodyMapPin, Case, Patient, Photo, utcnow
 from derm_workstation.core.users import Actor
 from derm_workstation.core.workspace import Workspace
-
-log = logging.getLogger(__name__)
 
 VIEWS: tuple[str, ...] = ("front", "back")
 VIEW_LABELS: dict[str, str] = {"front": "Front", "back": "Back"}
@@ -510,15 +507,6 @@ def _check_target(kind: str, key: str) -> None:
         raise InputError(f"A lesion pin's key is its number, not '{key}'.")
 
 
-def _lesion_changes(ws: Workspace, actor: Actor, patient_id: str) -> dict[int, LesionChange]:
-    """Lesion number -> its latest change (measured at least twice)."""
-    try:
-        return LesionService(ws, actor).changes(patient_id)
-    except DermError as exc:  # the map still shows the lesions, without change marks
-        log.warning("lesion changes not available for the body map: %s", exc)
-        return {}
-
-
 class BodyMapService:
     """The body map of a patient: reading pins (``case.view``), moving and resetting them
     (``case.edit``, audited)."""
@@ -527,7 +515,7 @@ class BodyMapService:
         self.ws = workspace
         self.actor = actor
 
-    def pins(self, patient_id: str, *, with_changes: bool = True) -> BodyMap:
+    def pins(self, patient_id: str) -> BodyMap:
         """Every photo site and numbered lesion of the patient, across all visits."""
         self.actor.require("case.view")
         with self.ws.db.session() as s:
@@ -540,12 +528,6 @@ class BodyMapService:
                 .join(Case, Photo.case_id == Case.id)
                 .where(Case.patient_id == patient_id)
             ).all()
-            photo_ids = [r[0] for r in rows]
-            lesion_rows = s.execute(
-                select(Annotation.photo_id, Annotation.lesion_number)
-                .where(Annotation.photo_id.in_(photo_ids),
-                       Annotation.lesion_number.is_not(None))
-            ).all() if photo_ids else []
             moved = {(p.target_kind, p.target_key): (p.view, p.x, p.y)
                      for p in s.scalars(select(BodyMapPin)
                                         .where(BodyMapPin.patient_id == patient_id))}
@@ -586,12 +568,9 @@ class BodyMapService:
 
         placed_sites = {p.key: (p.view, p.x, p.y) for p in pins
                         if p.view is not None and p.x is not None and p.y is not None}
-        lesions: dict[int, set[str]] = {}
-        for pid, number in lesion_rows:
-            if number is not None:
-                lesions.setdefault(int(number), set()).add(pid)
-        changes = _lesion_changes(self.ws, self.actor, patient_id) if (
-            with_changes and lesions) else {}
+        observations = LesionService(self.ws, self.actor).observations(patient_id)
+        lesions = {n: {o.photo_id for o in obs} for n, obs in observations.items()}
+        changes = latest_changes(observations)
         for number in sorted(lesions):
             group = sorted((photos[p][0] for p in lesions[number] if p in photos), key=order)
             # at its (first placed) photo's site pin, wherever that pin is now

@@ -296,9 +296,16 @@ class LesionService:
 
     def changes(self, patient_id: str) -> dict[int, LesionChange]:
         """For each lesion measured at least twice: its latest against the one before."""
-        out: dict[int, LesionChange] = {}
-        for number, obs in self.observations(patient_id).items():
-            measured = [o for o in obs if o.measured]
-            if len(measured) >= 2:
-                out[number] = compare(measured[-2], measured[-1])
-        return out
+        return latest_changes(self.observations(patient_id))
+
+
+def latest_changes(observations: dict[int, list[LesionObservation]]
+                   ) -> dict[int, LesionChange]:
+    """For each lesion measured at least twice (observations in date order, as
+    :meth:`LesionService.observations` gives them): its latest against the one before."""
+    out: dict[int, LesionChange] = {}
+    for number, obs in observations.items():
+        measured = [o for o in obs if o.measured]
+        if len(measured) >= 2:
+            out[number] = compare(measured[-2], measured[-1])
+    return out
