@@ -17,12 +17,16 @@ Per set: mean, median, share of images under 0.65 (the ISIC 2018 "thresholded
 Jaccard" counts those as 0) and the worst image, for the automatic mode and for one
 click at the most interior point of the true mask. No parameter is tuned per image.
 
+With ``--split`` every real set of at least 10 images is also reported in two halves
+by sorted file name: even indices (the half used while developing a change) and odd
+indices (held out: looked at only to report, never to decide).
+
 With ``--transforms`` every real set is also scored mirrored, turned by 90 degrees
 and resized (x4 for images under 400 px, x0.5 otherwise), automatic mode only: a
 method that generalises scores about the same on each copy.
 
     python -m benchmarks.segmentation_eval [--synthetic-per-cell 3] [--per-image]
-                                           [--transforms]
+                                           [--transforms] [--split]
 """
 
 from __future__ import annotations
@@ -126,6 +130,18 @@ def transformed_sets(sets: dict[str, list[tuple[str, np.ndarray, np.ndarray]]]
     return out
 
 
+def split_sets(sets: dict[str, list[tuple[str, np.ndarray, np.ndarray]]]
+               ) -> dict[str, list[tuple[str, np.ndarray, np.ndarray]]]:
+    """Each set of 10 or more images, halved by sorted file name: even and odd indices."""
+    out: dict[str, list[tuple[str, np.ndarray, np.ndarray]]] = {}
+    for name, items in sets.items():
+        if len(items) >= 10:
+            ordered = sorted(items, key=lambda item: item[0])
+            out[f"{name} (even: dev)"] = ordered[0::2]
+            out[f"{name} (odd: held-out)"] = ordered[1::2]
+    return out
+
+
 def synthetic_sets(per_cell: int) -> dict[str, list[tuple[str, np.ndarray, np.ndarray]]]:
     cells = (
         ("synthetic clinical mole + sticker", dict(kind="pigmented", px_per_mm=10.0,
@@ -173,13 +189,18 @@ def main() -> None:
     ap.add_argument("--per-image", action="store_true", help="also print every image")
     ap.add_argument("--transforms", action="store_true",
                     help="also score mirrored, turned and resized copies of the real sets")
+    ap.add_argument("--split", action="store_true",
+                    help="also score each real set's even and odd halves (by file name)")
     args = ap.parse_args()
 
     sets = real_sets(args.data)
     if not sets:
         print(f"(no real lesion data at {args.data}: real-image rows skipped)")
+    real = dict(sets)
+    if args.split:
+        sets.update(split_sets(real))
     if args.transforms:
-        sets.update(transformed_sets(sets))
+        sets.update(transformed_sets(real))
     sets.update(synthetic_sets(args.synthetic_per_cell))
     rows = []
     per_image: dict[str, list[dict[str, Any]]] = {}
