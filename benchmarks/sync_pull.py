@@ -1,6 +1,6 @@
 """Portal sync benchmark: 200 cases x 6 photos (~1.4 MB) from a loopback reference portal.
 
-    python -m benchmarks.sync_pull          (N_CASES=50 / ROUNDS=3 in the environment)
+    python -m benchmarks.sync_pull          (N_CASES=50 / ROUNDS=5 in the environment)
 
 
 Wall time of a full `run_sync` vs plain concurrent `requests` GETs of the same Binary URLs
@@ -17,6 +17,9 @@ sync's CPU went (per-thread CPU time of its stages): `db` (committing cases),
 `metadata` (resource reads and searches, mapping), `photos` (everything a photo costs,
 of which `photo_io` is receiving, SHA-1 + SHA-256 and writing, `flush` the fsync before
 commit and `checks` the image header checks; the rest is the HTTP request itself).
+Every round also records the machine's 1-minute load average when it started (the
+machine may be shared: compare ratios of the same round, and prefer rounds at low load);
+the summary gives the median ratio over the rounds (3 by default).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import hashlib
 import io
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -314,7 +318,8 @@ def main() -> None:
             baseline(base_url, urls)  # unmeasured: the portal's files are warm for everyone
             results: list[dict[str, Any]] = []
             breakdown: list[dict[str, float]] = []
-            for rnd in range(int(os.environ.get("ROUNDS", 2))):
+            for rnd in range(int(os.environ.get("ROUNDS", 3))):
+                load = os.getloadavg()[0]
                 c0, s0 = cpu_of(), cpu_of(srv.pid)
                 tb, nb = baseline(base_url, urls)
                 c1, s1 = cpu_of(), cpu_of(srv.pid)
@@ -347,6 +352,7 @@ def main() -> None:
                     "sync_cpu_s": round(c3 - c2, 2),
                     "portal_cpu_base_s": round(s1 - s0, 2),
                     "portal_cpu_sync_s": round(s3 - s2, 2),
+                    "load_1min": round(load, 2),
                 }
                 results.append(res)
                 breakdown.append({k: round(v, 2) for k, v in sorted(stages.cpu.items())})
@@ -365,7 +371,8 @@ def main() -> None:
             for rnd, stages_cpu in enumerate(breakdown):
                 print(f"round {rnd}: sync CPU by stage (s): {stages_cpu}")
             ratios = sorted(r["ratio"] for r in results)
-            print(f"ratio to plain GETs: {ratios} (median {ratios[len(ratios) // 2]}, "
+            median = statistics.median(ratios) if ratios else None
+            print(f"ratio to plain GETs: {ratios} (median {median}, "
                   f"target <= 1.3); nothing-new sync: {again} requests (target <= 2)")
             report(
                 "sync_pull",
@@ -375,6 +382,7 @@ def main() -> None:
                     "photos": photos,
                     "concurrency": CONC,
                     "target_ratio": 1.3,
+                    "median_ratio": median,
                     "nothing_new_requests": again,
                     "cpu_by_stage_s": breakdown,
                     "disk_mb_per_s": round(rate),

@@ -33,6 +33,9 @@ Fault SPEC: comma-separated key=value, e.g.
   truncate   probability of a Binary body shorter than its Content-Length
   bad_hash   probability of a wrong Media.content.hash
   seed       makes the faults reproducible
+  or_lists   honour (default), literal or reject: act like a minimal server that does
+             not do comma OR-lists on _id and reference parameters (literal: nothing
+             matches; reject: 400), to try the workstation's fallback
 
 Point the workstation at it with:
   derm-workstation sync --portal-url <printed URL> --token-stdin

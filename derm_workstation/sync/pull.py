@@ -24,6 +24,27 @@
 So a sync with nothing new costs exactly two requests. Cases whose photos failed are
 flagged (``Case.portal_sync_error``) and fetched again by id on the next sync.
 Database writes happen on the calling thread only; worker threads do network and disk.
+
+Many Tasks at once (:data:`BATCH_MIN` or more of a search page): their ServiceRequests,
+Patients, Media, QuestionnaireResponses, Communications, AllergyIntolerances and the
+patients' Tasks are searched for the whole page with standard FHIR OR-lists
+(``ServiceRequest?_id=a,b``, ``Media?based-on=ServiceRequest/a,ServiceRequest/b``…,
+paged like any search) instead of 7 requests per case. A server may not honour
+OR-lists, so nothing is taken on trust that could lose data (:class:`_Batch`):
+
+* ``_id`` lists are checked against the ids asked for; any missing is read on its own;
+* every case has photos and every patient has at least the current Task, so a
+  ServiceRequest without Media or a patient without Tasks in the batched answer is
+  searched on its own;
+* an empty batched answer counts only for a key the server demonstrably matched in an
+  OR-list of the same parameter: a ServiceRequest's questionnaires and messages when
+  the batched Media search returned that ServiceRequest's Media, a patient's allergies
+  when the batched Task search returned that patient's Tasks; any other empty answer
+  is searched again on its own (a server that ignores, truncates or misreads OR-lists
+  never turns "not searched" into "none");
+* a 400, 422 or 501 to a batched search turns that search back into one request per
+  case for the rest of the sync; any other failure does so for that page.
+So a patient whose allergy search failed is still "not checked", never "none known".
 """
 
 from __future__ import annotations
@@ -81,6 +102,7 @@ from derm_workstation.portal.mapping import (
     parse_instant,
     patient_from_fhir,
     questionnaire_from_fhir,
+    reference_id,
     service_request_from_fhir,
     task_from_fhir,
 )
@@ -98,6 +120,16 @@ CLOSED_CURSOR_MARGIN = timedelta(minutes=5)
 COMMIT_BATCH = 16
 #: ``Case.portal_sync_error`` while the patient's earlier cases are still being fetched.
 HISTORY_PENDING = "earlier cases of the patient not fetched yet"
+#: Fewest Tasks fetched together (half a search page) whose other resources are searched
+#: with OR-lists; below it, the contract's one-resource requests: a routine sync of a few
+#: new cases gains little, and keeps each case independent of the others' answers.
+BATCH_MIN = 25
+#: ``_count`` sent with the OR-list searches (followed through ``link[relation=next]``).
+BATCH_COUNT = 200
+#: Longest value of one OR-list parameter; more values go into further searches.
+BATCH_VALUE_CHARS = 1500
+#: HTTP statuses meaning "this server does not do OR-lists here": not tried again.
+OR_LIST_REFUSED = (400, 422, 501)
 
 Progress = Callable[[int, int | None], None]
 
@@ -136,6 +168,52 @@ class FetchedCase:
     @property
     def photo_errors(self) -> list[str]:
         return [p.error for p in self.photos if p.error]
+
+
+Raw = dict[str, Any]
+
+
+@dataclass
+class _Found:
+    """The answers of the OR-list searches of one batch (only searches that succeeded)."""
+
+    by_id: dict[str, dict[str, Raw]] = field(default_factory=dict)  # type -> id -> resource
+    #: (type, key) -> resources: key is the ServiceRequest id (Media, QR, Communication)
+    #: or the Patient id (AllergyIntolerance, Task); every key asked by a search that
+    #: succeeded is present, with [] when nothing matched it.
+    by_ref: dict[tuple[str, str], list[Raw]] = field(default_factory=dict)
+
+
+class _Batch:
+    """OR-list searches for the Tasks of one page, run on the metadata workers.
+
+    ``first`` (ServiceRequests, Patients, Media) is what a case needs before its photos;
+    ``second`` (questionnaires, messages, allergies, the patients' Tasks) is needed
+    only once the photos are on their way.
+    """
+
+    def __init__(self, first: Future[_Found], second: Future[_Found]) -> None:
+        self.first = first
+        self.second = second
+
+
+def _chunks(values: list[str], limit: int) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    size = 0
+    for v in values:
+        if chunk and size + len(v) + 1 > limit:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(v)
+        size += len(v) + 1
+    if chunk:
+        yield chunk
+
+
+def _refs(res: Raw, element: str, rtype: str) -> set[str]:
+    value = res.get(element)
+    refs = value if isinstance(value, list) else [value]
+    return {i for i in (reference_id(r, rtype) for r in refs) if i}
 
 
 # ------------------------------------------------------------------------- photo facts
@@ -195,12 +273,44 @@ def _later(a: str | None, b: str | None) -> bool:
 # ------------------------------------------------------------------------- applying
 
 
+#: ``Session.info`` keys of rows looked up for a whole commit batch (see :func:`_preload`).
+_CASES, _PATIENTS = "pull.cases", "pull.patients"
+
+
+def _preload(s: Session, fetched: list[FetchedCase]) -> None:
+    """Look up the cases and patients of a commit batch with two queries instead of two
+    per case. Ids not found are known to be new for this transaction (the batch holds
+    each Task once; a patient made by an earlier case of the batch is added here)."""
+    tids = {f.task.portal_id for f in fetched}
+    pids = {pid for f in fetched
+            for pid in ((f.patient.portal_id if f.patient else None) or f.task.patient_id,)
+            if pid}
+    s.info[_CASES] = {c.portal_task_id: c for c in s.scalars(
+        select(Case).where(Case.portal_task_id.in_(tids)))}, tids
+    s.info[_PATIENTS] = {p.portal_id: p for p in s.scalars(
+        select(Patient).where(Patient.portal_id.in_(pids)))} if pids else {}, pids
+
+
+def _lookup(s: Session, key: str, value: str) -> tuple[bool, Any]:
+    """(known, row) from :func:`_preload`; not known means "query the database"."""
+    found = s.info.get(key)
+    if found is None or value not in found[1]:
+        return False, None
+    return True, found[0].get(value)
+
+
 def _upsert_patient(s: Session, p: PatientIn | None, portal_id: str | None) -> Patient:
     pid = (p.portal_id if p and p.portal_id else portal_id) or None
-    patient = s.scalar(select(Patient).where(Patient.portal_id == pid)) if pid else None
+    patient = None
+    if pid:
+        known, patient = _lookup(s, _PATIENTS, pid)
+        if not known:
+            patient = s.scalar(select(Patient).where(Patient.portal_id == pid))
     if patient is None:
         patient = Patient(portal_id=pid, family_name="", given_name="", sex="unknown")
         s.add(patient)
+        if pid and _PATIENTS in s.info:
+            s.info[_PATIENTS][0][pid] = patient
     if p is not None:
         changed = (patient.family_name, patient.given_name, patient.identifier) != (
             p.family_name, p.given_name, p.identifier)
@@ -212,8 +322,7 @@ def _upsert_patient(s: Session, p: PatientIn | None, portal_id: str | None) -> P
         if changed and patient.id is not None:
             for c in patient.cases:
                 c.refresh_search_text()
-    s.flush()
-    return patient
+    return patient  # flushed with its case (and found by the next query's autoflush)
 
 
 def task_notice(case: Case, t: TaskIn) -> str | None:
@@ -263,7 +372,9 @@ def apply_case(s: Session, actor: Actor, f: FetchedCase) -> tuple[str, Case, str
     Returns ("new" | "updated", the case, a notice or None).
     """
     t = f.task
-    case = s.scalar(select(Case).where(Case.portal_task_id == t.portal_id))
+    known, case = _lookup(s, _CASES, t.portal_id)
+    if not known:
+        case = s.scalar(select(Case).where(Case.portal_task_id == t.portal_id))
     sr = f.service_request
     problems = Problems(list(f.problems.items))
     photo_errors = f.photo_errors
@@ -315,7 +426,8 @@ def apply_case(s: Session, actor: Actor, f: FetchedCase) -> tuple[str, Case, str
     case.portal_sync_error = "; ".join(photo_errors)[:2000] if photo_errors else None
     _apply_children(s, case, f, new=outcome == "new")
     case.refresh_search_text()
-    s.flush()
+    # Not flushed here: the next case's first query or the commit writes it (a clash
+    # with a row another sync stored meanwhile raises there, inside the transaction).
     return outcome, case, notice
 
 
@@ -415,6 +527,9 @@ class Puller:
         self._history: dict[str, list[TaskIn]] = {}
         self._allergy_cache: dict[str, list[AllergyIn] | None] = {}
         self._history_lock = threading.Lock()
+        self._meta: ThreadPoolExecutor | None = None
+        #: (type, parameter) of OR-list searches the portal refused: one by one from then on.
+        self._or_refused: set[tuple[str, str]] = set()
         self._server_date: datetime | None = None
         self._done = 0
         self._total: int | None = None
@@ -430,14 +545,15 @@ class Puller:
         self._check_portal_url()
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="portal-case") as cases, \
                 ThreadPoolExecutor(2 * self.concurrency,
-                                   thread_name_prefix="portal-photo") as photos:
-            self._cases, self._photos = cases, photos
+                                   thread_name_prefix="portal-photo") as photos, \
+                ThreadPoolExecutor(2, thread_name_prefix="portal-meta") as meta:
+            self._cases, self._photos, self._meta = cases, photos, meta
             try:
                 self._pull_open()
                 self._refetch_flagged()
                 self._pull_closed()
             finally:
-                self._cases = self._photos = None
+                self._cases = self._photos = self._meta = None
 
     def _check_cancel(self) -> None:
         if self.cancel.is_set():
@@ -665,7 +781,9 @@ class Puller:
 
         def feed() -> None:
             nonlocal feeding, failure, fed
-            while feeding and failure is None and len(pending) < self.concurrency:
+            # The next page is read while a few cases are still to start, so its batched
+            # searches are answered by the time a worker takes its first case.
+            while feeding and failure is None and len(pending) < 2 * self.concurrency:
                 try:
                     if fed:
                         self._check_cancel()
@@ -680,10 +798,14 @@ class Puller:
                 tasks, done = batch
                 outstanding: set[str] = set()
                 open_batches.append((outstanding, done))
-                for t, have in self._needs(tasks, force):
+                needs = self._needs(tasks, force)
+                together = self._start_batch([t for t, _ in needs], with_history) \
+                    if len(needs) >= BATCH_MIN else None
+                for t, have in needs:
                     outstanding.add(t.portal_id)
                     batch_of[t.portal_id] = outstanding
-                    pending[cases.submit(self._fetch_case, t, have, with_history)] = t
+                    pending[cases.submit(self._fetch_case, t, have, with_history,
+                                         together)] = t
                 close_batches()
 
         def close_batches() -> None:
@@ -761,6 +883,7 @@ class Puller:
         if len(items) > 1:
             try:
                 with self.ws.db.session() as s:
+                    _preload(s, [f for f, _ in items])
                     applied = [self._apply(s, f, pending) for f, pending in items]
             except IntegrityError:
                 log.info("a case was stored concurrently; committing one by one")
@@ -818,58 +941,201 @@ class Puller:
             f.problems.add(f"the {what} could not be read ({_short(exc)})")
             return []
 
-    def _fetch_case(self, t: TaskIn, have_media: set[str], with_history: bool) -> FetchedCase:
-        """Network part of one case (worker thread): resources, then photos."""
+    # ---------------------------------------------------------------- OR-list batches
+
+    def _start_batch(self, tasks: list[TaskIn], with_history: bool) -> _Batch | None:
+        """Start the OR-list searches for ``tasks`` on the metadata workers."""
+        assert self._meta is not None
+        srs = sorted({t.focus_id for t in tasks if t.focus_id})
+        patients = sorted({t.patient_id for t in tasks if t.patient_id})
+        if len(srs) < 2 and len(patients) < 2:
+            return None
+        first = self._meta.submit(self._batch_first, srs, patients)
+        second = self._meta.submit(self._batch_second, srs, patients, with_history)
+        return _Batch(first, second)
+
+    def _or_search(self, rtype: str, param: str, values: list[str]) -> list[Raw] | None:
+        """Every ``rtype`` matching any of ``values`` (OR-lists, paged); None when the
+        search failed (the values are then searched one by one)."""
+        if not values or (rtype, param) in self._or_refused:
+            return None
+        out: list[Raw] = []
+        for chunk in _chunks(values, BATCH_VALUE_CHARS):
+            self._check_cancel()
+            try:
+                out.extend(self.client.search_all(
+                    rtype, {param: ",".join(chunk), "_count": str(BATCH_COUNT)}))
+            except PortalRequestError as exc:
+                if exc.status in OR_LIST_REFUSED:
+                    log.info("portal refused OR-lists for %s?%s (HTTP %s); searching one "
+                             "by one", rtype, param, exc.status)
+                    with self._history_lock:
+                        self._or_refused.add((rtype, param))
+                return None
+            except (PortalDataError, PortalUnavailableError) as exc:
+                log.info("batched %s search failed (%s); searching one by one", rtype,
+                         type(exc).__name__)
+                return None
+        return out
+
+    def _by_id(self, found: _Found, rtype: str, ids: list[str]) -> None:
+        got = self._or_search(rtype, "_id", ids)
+        if got is not None:
+            wanted = set(ids)  # anything else the server sent is ignored
+            found.by_id[rtype] = {r["id"]: r for r in got
+                                  if isinstance(r.get("id"), str) and r["id"] in wanted}
+
+    def _by_ref(self, found: _Found, rtype: str, param: str, target: str, element: str,
+                keys: list[str]) -> None:
+        got = self._or_search(rtype, param, [f"{target}/{k}" for k in keys])
+        if got is None:
+            return
+        groups: dict[str, list[Raw]] = {k: [] for k in keys}
+        for res in got:
+            for key in _refs(res, element, target):
+                if key in groups:
+                    groups[key].append(res)
+        for key, items in groups.items():
+            found.by_ref[(rtype, key)] = items
+
+    def _batch_first(self, srs: list[str], patients: list[str]) -> _Found:
+        found = _Found()
+        if len(srs) >= 2:
+            self._by_id(found, "ServiceRequest", srs)
+        if len(patients) >= 2:
+            self._by_id(found, "Patient", patients)
+        if len(srs) >= 2:
+            self._by_ref(found, "Media", "based-on", "ServiceRequest", "basedOn", srs)
+        return found
+
+    def _batch_second(self, srs: list[str], patients: list[str], with_history: bool) -> _Found:
+        found = _Found()
+        if len(srs) >= 2:
+            for rtype in ("QuestionnaireResponse", "Communication"):
+                self._by_ref(found, rtype, "based-on", "ServiceRequest", "basedOn", srs)
+        if len(patients) >= 2:
+            with self._history_lock:
+                ask = [p for p in patients if p not in self._allergy_cache]
+            if len(ask) >= 2:
+                self._by_ref(found, "AllergyIntolerance", "patient", "Patient", "patient", ask)
+            if with_history:
+                with self._history_lock:
+                    ask = [p for p in patients if p not in self._history]
+                if len(ask) >= 2:
+                    self._by_ref(found, "Task", "patient", "Patient", "for", ask)
+        return found
+
+    @staticmethod
+    def _batched(found: _Found | None, rtype: str, key: str, *,
+                 empty_trusted: bool = False) -> list[Raw] | None:
+        """The batched answer for ``key``, or None when it must be searched on its own:
+        not in a batch that succeeded, or empty where an empty answer is not trusted.
+
+        An empty answer is trusted only for a key the same server demonstrably matched
+        inside an OR-list of the same reference parameter: a ServiceRequest whose Media
+        the batched Media search returned (for its questionnaires and messages), a
+        patient whose Tasks the batched Task search returned (for allergies). A server
+        that ignores, truncates or misreads OR-lists therefore never turns "not
+        searched" into "none": those keys are searched one by one."""
+        if found is None:
+            return None
+        items = found.by_ref.get((rtype, key))
+        if items is None or (not items and not empty_trusted):
+            return None
+        return items
+
+    def _read(self, found: _Found | None, rtype: str, rid: str) -> Raw:
+        """``rtype/rid`` from a batched ``_id`` search, else read on its own."""
+        raw = found.by_id.get(rtype, {}).get(rid) if found is not None else None
+        return raw if raw is not None else self.client.read(rtype, rid)
+
+    @staticmethod
+    def _matched(found: _Found | None, rtype: str, key: str) -> bool:
+        """Whether a batched search of this page returned ``rtype`` resources for ``key``."""
+        return bool(found is not None and found.by_ref.get((rtype, key)))
+
+    # ---------------------------------------------------------------- one case
+
+    def _fetch_case(self, t: TaskIn, have_media: set[str], with_history: bool,
+                    batch: _Batch | None = None) -> FetchedCase:
+        """Network part of one case (worker thread): resources, then photos (whose
+        transfers start as soon as the Media are known)."""
         self._check_cancel()
-        c = self.client
         f = FetchedCase(task=t)
         f.problems.add(*t.problems)
+        first = batch.first.result() if batch is not None else None
         if t.patient_id:
             try:
-                f.patient = patient_from_fhir(c.read("Patient", t.patient_id))
+                f.patient = patient_from_fhir(self._read(first, "Patient", t.patient_id))
                 f.problems.add(*f.patient.problems)
             except (PortalRequestError, PortalDataError) as exc:
                 f.problems.add(f"the patient record could not be read ({_short(exc)})")
-        if t.focus_id:
-            try:
-                f.service_request = service_request_from_fhir(
-                    c.read("ServiceRequest", t.focus_id))
-                f.problems.add(*f.service_request.problems)
-            except (PortalRequestError, PortalDataError) as exc:
-                f.problems.add(f"the consult request could not be read ({_short(exc)})")
-            based_on = {"based-on": f"ServiceRequest/{t.focus_id}"}
-            media = []
-            for res in self._search("Media", based_on, f, "photo list"):
-                m, why = media_from_fhir(res)
-                if m is not None:
-                    media.append(m)
-                elif why:
-                    f.problems.add(why)
-            for res in self._search("QuestionnaireResponse", based_on, f, "questionnaire"):
-                f.questionnaires.append(questionnaire_from_fhir(res))
-            for res in self._search("Communication", based_on, f, "messages"):
-                msg = communication_from_fhir(res)
-                if msg is not None:
-                    f.messages.append(msg)
-            f.messages.sort(key=lambda m: (m.sent_at is None, m.sent_at or utcnow()))
-            media.sort(key=lambda m: (m.taken_at is None, m.taken_at or utcnow(), m.portal_id))
-            f.photos = self._download_all([m for m in media if m.portal_id not in have_media])
-        if t.patient_id:
-            f.allergies = self._allergies(t.patient_id)
-            if with_history:
-                f.history = [h for h in self._patient_tasks(t.patient_id)
-                             if h.portal_id != t.portal_id]
+        downloads: list[Future[FetchedPhoto]] = []
+        try:
+            if t.focus_id:
+                try:
+                    f.service_request = service_request_from_fhir(
+                        self._read(first, "ServiceRequest", t.focus_id))
+                    f.problems.add(*f.service_request.problems)
+                except (PortalRequestError, PortalDataError) as exc:
+                    f.problems.add(f"the consult request could not be read ({_short(exc)})")
+                based_on = {"based-on": f"ServiceRequest/{t.focus_id}"}
+                found = self._batched(first, "Media", t.focus_id)
+                media = []
+                for res in found if found is not None else self._search(
+                        "Media", based_on, f, "photo list"):
+                    m, why = media_from_fhir(res)
+                    if m is not None:
+                        media.append(m)
+                    elif why:
+                        f.problems.add(why)
+                media.sort(key=lambda m: (m.taken_at is None, m.taken_at or utcnow(),
+                                          m.portal_id))
+                downloads = self._start_downloads(
+                    [m for m in media if m.portal_id not in have_media])
+                second = batch.second.result() if batch is not None else None
+                media_matched = self._matched(first, "Media", t.focus_id)
+                found = self._batched(second, "QuestionnaireResponse", t.focus_id,
+                                      empty_trusted=media_matched)
+                for res in found if found is not None else self._search(
+                        "QuestionnaireResponse", based_on, f, "questionnaire"):
+                    f.questionnaires.append(questionnaire_from_fhir(res))
+                found = self._batched(second, "Communication", t.focus_id,
+                                      empty_trusted=media_matched)
+                for res in found if found is not None else self._search(
+                        "Communication", based_on, f, "messages"):
+                    msg = communication_from_fhir(res)
+                    if msg is not None:
+                        f.messages.append(msg)
+                f.messages.sort(key=lambda m: (m.sent_at is None, m.sent_at or utcnow()))
+            if t.patient_id:
+                second = batch.second.result() if batch is not None else None
+                f.allergies = self._allergies(t.patient_id, self._batched(
+                    second, "AllergyIntolerance", t.patient_id,
+                    empty_trusted=self._matched(second, "Task", t.patient_id)))
+                if with_history:
+                    f.history = [h for h in self._patient_tasks(t.patient_id, self._batched(
+                        second, "Task", t.patient_id))
+                        if h.portal_id != t.portal_id]
+            f.photos = self._finish_downloads(downloads)
+        except BaseException:
+            for fut in downloads:
+                fut.cancel()
+            raise
         return f
 
-    def _allergies(self, patient_id: str) -> list[AllergyIn] | None:
-        """The patient's allergies (searched once per patient per sync)."""
+    def _allergies(self, patient_id: str,
+                   batched: list[Raw] | None = None) -> list[AllergyIn] | None:
+        """The patient's allergies (searched once per patient per sync; ``batched`` is
+        the trusted answer of an OR-list search)."""
         with self._history_lock:
             if patient_id in self._allergy_cache:
                 return self._allergy_cache[patient_id]
         found: list[AllergyIn] | None
         try:
-            found = [a for a in (allergy_from_fhir(r) for r in self.client.search_all(
-                "AllergyIntolerance", {"patient": f"Patient/{patient_id}"})) if a]
+            raw = batched if batched is not None else self.client.search_all(
+                "AllergyIntolerance", {"patient": f"Patient/{patient_id}"})
+            found = [a for a in (allergy_from_fhir(r) for r in raw) if a]
         except (PortalRequestError, PortalDataError) as exc:
             log.info("allergies of Patient/%s unavailable: %s", patient_id, type(exc).__name__)
             found = None
@@ -877,13 +1143,14 @@ class Puller:
             self._allergy_cache[patient_id] = found
         return found
 
-    def _patient_tasks(self, patient_id: str) -> list[TaskIn]:
+    def _patient_tasks(self, patient_id: str,
+                       batched: list[Raw] | None = None) -> list[TaskIn]:
         with self._history_lock:
             cached = self._history.get(patient_id)
         if cached is not None:
             return cached
         try:
-            found = self._tasks(self.client.search_all(
+            found = self._tasks(batched if batched is not None else self.client.search_all(
                 "Task", {"patient": f"Patient/{patient_id}"}))
         except (PortalRequestError, PortalDataError) as exc:
             log.info("earlier cases of Patient/%s unavailable: %s", patient_id,
@@ -893,13 +1160,13 @@ class Puller:
             self._history[patient_id] = found
         return found
 
-    def _download_all(self, media: list[MediaIn]) -> list[FetchedPhoto]:
+    def _start_downloads(self, media: list[MediaIn]) -> list[Future[FetchedPhoto]]:
         assert self._photos is not None
-        futures = [self._photos.submit(self._download, m) for m in media]
-        out = []
-        for fut in futures:
-            out.append(fut.result())  # PortalAuthError / SyncCancelled propagate
-        return out
+        return [self._photos.submit(self._download, m) for m in media]
+
+    @staticmethod
+    def _finish_downloads(futures: list[Future[FetchedPhoto]]) -> list[FetchedPhoto]:
+        return [fut.result() for fut in futures]  # PortalAuthError / SyncCancelled propagate
 
     def _download(self, m: MediaIn) -> FetchedPhoto:
         self._check_cancel()

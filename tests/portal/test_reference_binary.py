@@ -7,7 +7,6 @@ import hashlib
 import io
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import urljoin
 
 import pytest
@@ -23,20 +22,6 @@ from tests.portal.test_reference_support import (
     search_all,
     seeded_db,
 )
-
-
-@pytest.fixture
-def portal(tmp_path: Path) -> Iterator[ReferencePortal]:
-    """An empty portal of the test's own."""
-    with ReferencePortal.start(tmp_path / "portal.sqlite3") as p:
-        yield p
-
-
-@pytest.fixture
-def http() -> Iterator[requests.Session]:
-    with requests.Session() as s:
-        s.headers["Accept"] = FHIR_JSON
-        yield s
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import itertools
 import re
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,21 +13,7 @@ import requests
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 
 from derm_workstation.portal.reference.server import ReferencePortal
-from tests.portal.test_reference_support import FHIR_JSON, OPEN, search_all, seeded_db, task
-
-
-@pytest.fixture
-def portal(tmp_path: Path) -> Iterator[ReferencePortal]:
-    """An empty portal of the test's own."""
-    with ReferencePortal.start(tmp_path / "portal.sqlite3") as p:
-        yield p
-
-
-@pytest.fixture
-def http() -> Iterator[requests.Session]:
-    with requests.Session() as s:
-        s.headers["Accept"] = FHIR_JSON
-        yield s
+from tests.portal.test_reference_support import OPEN, search_all, seeded_db, task
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import json
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,20 +15,6 @@ import requests
 from derm_workstation.core.errors import StorageError
 from derm_workstation.portal.reference.server import ReferencePortal
 from tests.portal.test_reference_support import FHIR_JSON, search_all, task
-
-
-@pytest.fixture
-def portal(tmp_path: Path) -> Iterator[ReferencePortal]:
-    """An empty portal of the test's own."""
-    with ReferencePortal.start(tmp_path / "portal.sqlite3") as p:
-        yield p
-
-
-@pytest.fixture
-def http() -> Iterator[requests.Session]:
-    with requests.Session() as s:
-        s.headers["Accept"] = FHIR_JSON
-        yield s
 
 OUTBOX = "urn:derm-workstation:outbox"
 JSON_HEADERS = {"Content-Type": FHIR_JSON, "Accept": FHIR_JSON}

@@ -19,7 +19,13 @@ bad_hash=0.1,seed=7``:
     probability that each ``Media`` in a response carries a ``content.hash`` that does
     not match the photo;
 ``seed``
-    makes every decision reproducible.
+    makes every decision reproducible;
+``or_lists``
+    ``honour`` (the default: standard FHIR OR-lists), ``literal`` or ``reject``: how
+    ``_id`` and reference search parameters treat a comma-separated list, so a client
+    can be tried against a minimal server that only does the contract's single-value
+    searches (``literal``: the comma is part of the value and nothing matches;
+    ``reject``: a 400). Token parameters (``status=a,b``) keep their OR-lists.
 
 Decisions are drawn from a random stream keyed by ``(seed, method, request target,
 n-th time that request was made)``, so the same requests get the same faults whatever
@@ -35,6 +41,7 @@ import threading
 from dataclasses import dataclass, fields
 
 from derm_workstation.core.errors import InputError
+from derm_workstation.portal.reference.search import OR_LIST_MODES
 
 __all__ = ["FaultDecision", "FaultPlan", "FaultSpec", "FaultSpecError"]
 
@@ -55,8 +62,11 @@ class FaultSpec:
     truncate: float = 0.0
     bad_hash: float = 0.0
     seed: int = 0
+    or_lists: str = "honour"
 
     def __post_init__(self) -> None:
+        if self.or_lists not in OR_LIST_MODES:
+            raise FaultSpecError(f"or_lists must be one of {', '.join(OR_LIST_MODES)}.")
         if not 0.0 <= self.latency <= 60.0:
             raise FaultSpecError("latency must be between 0 and 60 seconds.")
         for name in _RATES:
@@ -71,7 +81,7 @@ class FaultSpec:
         if text.lower() in ("", "none", "off"):
             return cls()
         known = {f.name: f.type for f in fields(cls)}
-        values: dict[str, float | int] = {}
+        values: dict[str, float | int | str] = {}
         for part in text.split(","):
             part = part.strip()
             if not part:
@@ -81,6 +91,9 @@ class FaultSpec:
             if not sep or key not in known:
                 names = ", ".join(known)
                 raise FaultSpecError(f"unknown fault {part!r} (known: {names}).")
+            if key == "or_lists":
+                values[key] = raw.strip()
+                continue
             try:
                 values[key] = int(raw) if key == "seed" else float(raw)
             except ValueError:
@@ -89,11 +102,13 @@ class FaultSpec:
 
     @property
     def active(self) -> bool:
-        return bool(self.latency or any(getattr(self, n) for n in _RATES))
+        return bool(self.latency or any(getattr(self, n) for n in _RATES)
+                    or self.or_lists != "honour")
 
     def __str__(self) -> str:
         parts = [f"{f.name}={getattr(self, f.name)}" for f in fields(self)
-                 if getattr(self, f.name) or f.name == "seed"]
+                 if (getattr(self, f.name) or f.name == "seed")
+                 and not (f.name == "or_lists" and self.or_lists == "honour")]
         return ",".join(parts)
 
 

@@ -13,6 +13,12 @@ Supported on every type: ``_id``, ``_lastUpdated`` (prefixes ``gt ge lt le eq``)
 ``code``, ``system|code``, ``|code`` and ``system|``; reference parameters take
 ``Type/id``, a bare ``id`` or an absolute URL on this server. Commas mean OR, a
 repeated parameter means AND. Modifiers (``:missing``, ``:exact``…) are refused.
+
+``or_lists`` (a fault of :mod:`.faults`) makes the server behave like a minimal
+contract-only one for ``_id`` and reference parameters (token parameters such as the
+contract's ``status=requested,received,…`` keep their OR-lists): ``literal`` takes the
+comma as part of one value (so an OR-list matches nothing), ``reject`` answers an
+OR-list with a 400.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ __all__ = [
     "DEFAULT_COUNT",
     "ID_RE",
     "MAX_COUNT",
+    "OR_LIST_MODES",
     "RESOURCE_TYPES",
     "Condition",
     "FhirError",
@@ -118,6 +125,9 @@ RESOURCE_TYPES: dict[str, dict[str, _P]] = {
 }
 
 _CONTROL = ("_id", "_lastUpdated", "_count", "_sort", "_format", "_pageToken")
+#: How ``_id`` and reference parameters treat a comma: standard OR, part of the value,
+#: or refused (see the module docstring).
+OR_LIST_MODES = ("honour", "literal", "reject")
 
 
 # --------------------------------------------------------------------------- time
@@ -299,7 +309,18 @@ def encode_page_token(last_ms: int) -> str:
     return f"lu{last_ms}"
 
 
-def parse_query(rtype: str, params: Sequence[tuple[str, str]], base_url: str) -> ParsedQuery:
+def _or_list(name: str, value: str, mode: str) -> list[str] | None:
+    """The alternatives of an ``_id``/reference value under ``mode``; None = match nothing."""
+    if "," not in value or mode == "honour":
+        return [v.strip() for v in value.split(",")]
+    if mode == "reject":
+        raise FhirError(400, "not-supported",
+                        f"Comma-separated values (OR) are not supported for {name}.")
+    return None
+
+
+def parse_query(rtype: str, params: Sequence[tuple[str, str]], base_url: str,
+                or_lists: str = "honour") -> ParsedQuery:
     """Validate a search; every unknown parameter or malformed value is a 400."""
     known = RESOURCE_TYPES[rtype]
     q = ParsedQuery(rtype)
@@ -337,12 +358,19 @@ def parse_query(rtype: str, params: Sequence[tuple[str, str]], base_url: str) ->
             start, end = parse_date_range(text)
             q.last_updated.append((op, start, end))
         elif name == "_id":
-            ids = [v.strip() for v in value.split(",")]
+            ids = _or_list(name, value, or_lists)
+            if ids is None:  # a literal "a,b": no resource has that id
+                q.ids.append([value])
+                continue
             if not all(ID_RE.match(i) for i in ids):
                 raise FhirError(400, "invalid", f"Invalid _id {raw!r}.")
             q.ids.append(ids)
         else:
             p = known[name]
+            literal = None if p.kind == "token" else _or_list(name, value, or_lists)
+            if p.kind != "token" and literal is None:  # a literal "a,b": matches nothing
+                q.criteria.append((name, [Condition("(s.val = ?)", (value,))]))
+                continue
             alternatives = [v.strip() for v in value.split(",")]
             if not value or not all(alternatives):
                 raise FhirError(400, "invalid", f"Empty value for search parameter {name}.")

@@ -73,7 +73,7 @@ from derm_workstation.portal.reference.search import (
     normalize_reference,
     parse_query,
 )
-from derm_workstation.portal.reference.store import PortalStore, Stored
+from derm_workstation.portal.reference.store import BASE_TOKEN, PortalStore, Stored
 
 __all__ = ["FaultSpec", "FaultSpecError", "ReferencePortal", "RequestRecord"]
 
@@ -117,8 +117,12 @@ class Response:
     fault: str | None = None
 
 
+def _json_text(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
 def _json_body(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return _json_text(value).encode("utf-8")
 
 
 def outcome(status: int, code: str, message: str, severity: str = "error",
@@ -380,17 +384,23 @@ class PortalApp:
                 return Response(200, data, content_type, headers, truncatable=True)
             meta["data"] = base64.b64encode(data).decode("ascii")
             return Response(200, _json_body(meta), headers=headers, truncatable=True)
+        if decision.bad_hash is None:  # the stored JSON as it is: nothing to change in it
+            return Response(200, self._text(stored).encode("utf-8"), headers=headers)
         faults: list[str] = []
         res = self._resource(stored, decision, faults)
         return Response(200, _json_body(res), headers=headers,
                         fault=faults[0] if faults else None)
+
+    def _text(self, stored: Stored) -> str:
+        """A stored resource's JSON text with the real base URL (no parse, no re-encode)."""
+        return stored.text.replace(BASE_TOKEN, self.base_url)
 
     def _link(self, rtype: str, params: list[tuple[str, str]]) -> str:
         query = urlencode(params, quote_via=quote, safe=",|:")
         return f"{self.base_url}/{rtype}" + (f"?{query}" if query else "")
 
     def _search(self, rtype: str, req: Request, decision: FaultDecision) -> Response:
-        q = parse_query(rtype, req.query, self.base_url)
+        q = parse_query(rtype, req.query, self.base_url, or_lists=self.plan.spec.or_lists)
         page = self.store.query(q)
         self_params = list(q.echo)
         if q.after is not None:
@@ -402,9 +412,16 @@ class PortalApp:
                              ("_pageToken", encode_page_token(page.next_after))]
             links.append({"relation": "next", "url": self._link(rtype, next_params)})
         faults: list[str] = []
-        entries = [{"fullUrl": f"{self.base_url}/{s.rtype}/{s.id}",
-                    "resource": self._resource(s, decision, faults),
-                    "search": {"mode": "match"}} for s in page.items]
+        entries: list[dict[str, Any]] = []
+        spliced: list[str] = []
+        if decision.bad_hash is None:  # stored JSON spliced in as it is (same document)
+            spliced = [f'{{"fullUrl":{_json_text(f"{self.base_url}/{s.rtype}/{s.id}")},'
+                       f'"resource":{self._text(s)},"search":{{"mode":"match"}}}}'
+                       for s in page.items]
+        else:
+            entries = [{"fullUrl": f"{self.base_url}/{s.rtype}/{s.id}",
+                        "resource": self._resource(s, decision, faults),
+                        "search": {"mode": "match"}} for s in page.items]
         bundle: dict[str, Any] = {
             "resourceType": "Bundle",
             "id": secrets.token_hex(16),
@@ -416,7 +433,10 @@ class PortalApp:
         }
         if entries:
             bundle["entry"] = entries
-        return Response(200, _json_body(bundle), fault=faults[0] if faults else None)
+        body = _json_body(bundle)
+        if spliced:
+            body = body[:-1] + b',"entry":[' + ",".join(spliced).encode("utf-8") + b"]}"
+        return Response(200, body, fault=faults[0] if faults else None)
 
     def _parse_body(self, rtype: str, req: Request
                     ) -> tuple[dict[str, Any], bytes | None, bool]:
