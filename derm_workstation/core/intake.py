@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Protocol
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from derm_workstation.core import audit
@@ -198,6 +198,11 @@ def add_stored_photo(
     return photo
 
 
+#: The columns :func:`_answer` fills (all but the keys).
+_ANSWER_VALUES = ("position", "value_type", "value_string", "value_boolean", "value_integer",
+                  "value_decimal", "value_date", "value_system", "value_code")
+
+
 def _answer(a: AnswerLike, position: int) -> QuestionnaireAnswer:
     ans = QuestionnaireAnswer(position=position, value_type=a.type)
     v = a.value
@@ -233,23 +238,31 @@ def add_questionnaire(
                                portal_id=portal_id)
     s.add(qr)
 
-    # Ids are assigned here, so the whole tree is written with a single flush.
-    def add_items(items: Sequence[QuestionLike], parent: QuestionnaireItem | None) -> None:
-        for pos, q in enumerate(items):
-            item = QuestionnaireItem(
-                id=new_id(),
-                response_id=qr.id,
-                parent_id=parent.id if parent else None,
-                position=pos,
-                link_id=q.link_id,
-                text=q.text,
-            )
-            item.answers = [_answer(a, i) for i, a in enumerate(q.answers)]
-            s.add(item)
-            add_items(q.items, item)
+    # Ids are assigned here and the tree is written as two bulk INSERTs (parents before
+    # their children), not through the unit of work: items refer to items, which makes
+    # the ORM insert a self-referential table one row at a time (most of a sync's
+    # database time for portals with long questionnaires).
+    items: list[dict[str, object]] = []
+    answers: list[dict[str, object]] = []
+
+    def add_items(questions_: Sequence[QuestionLike], parent_id: str | None) -> None:
+        for pos, q in enumerate(questions_):
+            item_id = new_id()
+            items.append({"id": item_id, "response_id": qr.id, "parent_id": parent_id,
+                          "position": pos, "link_id": q.link_id,
+                          "text": q.text if q.text is not None else ""})
+            for i, a in enumerate(q.answers):
+                ans = _answer(a, i)
+                answers.append({**{c: getattr(ans, c) for c in _ANSWER_VALUES},
+                                "id": new_id(), "item_id": item_id})
+            add_items(q.items, item_id)
 
     add_items(questions, None)
-    s.flush()
+    s.flush()  # the response row (and its case) first
+    if items:
+        s.execute(insert(QuestionnaireItem), items)
+    if answers:
+        s.execute(insert(QuestionnaireAnswer), answers)
     return qr
 
 
