@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -118,6 +119,10 @@ PAGE_SIZE = 50
 CLOSED_CURSOR_MARGIN = timedelta(minutes=5)
 #: Most cases committed in one transaction (when that many are ready at once).
 COMMIT_BATCH = 16
+#: Longest a fetched case waits for others to share its transaction (seconds). Each
+#: commit is a durable write (an fsync) on the thread that also feeds the workers, so
+#: committing cases one by one as they finish made that thread the bottleneck.
+COMMIT_WAIT = 0.25
 #: ``Case.portal_sync_error`` while the patient's earlier cases are still being fetched.
 HISTORY_PENDING = "earlier cases of the patient not fetched yet"
 #: Fewest Tasks fetched together (half a search page) whose other resources are searched
@@ -814,10 +819,15 @@ class Puller:
                 if done is not None:
                     done()
 
+        ready: list[tuple[FetchedCase, list[tuple[TaskIn, set[str]]]]] = []
+        oldest = 0.0  # when the first case in ``ready`` finished
         feed()
-        while pending:
-            done_futures, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-            ready: list[tuple[FetchedCase, list[tuple[TaskIn, set[str]]]]] = []
+        while pending or ready:
+            timeout = max(0.0, oldest + COMMIT_WAIT - time.monotonic()) if ready else None
+            done_futures, _ = wait(list(pending), timeout=timeout,
+                                   return_when=FIRST_COMPLETED) if pending else (set(), set())
+            if done_futures and not ready:
+                oldest = time.monotonic()
             for fut in done_futures:
                 pending.pop(fut)
                 try:
@@ -831,12 +841,17 @@ class Puller:
                 history = self._needs(fetched.history, False) \
                     if failure is None and fetched.history else []
                 ready.append((fetched, history))
-            for start in range(0, len(ready), COMMIT_BATCH):
-                chunk = ready[start:start + COMMIT_BATCH]
-                ids = self._commit_all([(f, bool(h)) for f, h in chunk])
-                for (fetched, history), case_id in zip(chunk, ids, strict=True):
-                    self._committed(fetched, history, case_id, batch_of, waiting, parents_of,
-                                    pending)
+            # Commit when a transaction's worth is ready, the oldest has waited long
+            # enough, nothing else is in flight, or the sync is failing.
+            if ready and (len(ready) >= COMMIT_BATCH or failure is not None or not pending
+                          or time.monotonic() >= oldest + COMMIT_WAIT):
+                for start in range(0, len(ready), COMMIT_BATCH):
+                    chunk = ready[start:start + COMMIT_BATCH]
+                    ids = self._commit_all([(f, bool(h)) for f, h in chunk])
+                    for (fetched, history), case_id in zip(chunk, ids, strict=True):
+                        self._committed(fetched, history, case_id, batch_of, waiting,
+                                        parents_of, pending)
+                ready = []
             pending = {f: t for f, t in pending.items() if not f.cancelled()}
             close_batches()
             feed()

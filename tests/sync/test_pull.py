@@ -196,7 +196,8 @@ def test_more_than_fifty_tasks_are_paged(empty_portal: ReferencePortal, ws: Work
 def test_cursor_moves_only_after_a_committed_page(empty_portal: ReferencePortal,
                                                   ws: Workspace,
                                                   make_client: ClientFactory) -> None:
-    for n in range(60):
+    total = 90  # two pages; fetched cases are committed up to 16 at a time
+    for n in range(total):
         add_portal_case(empty_portal.store, n=n)
     tasks = empty_portal.store.search("Task")  # oldest change first
     stop = threading.Event()
@@ -211,15 +212,15 @@ def test_cursor_moves_only_after_a_committed_page(empty_portal: ReferencePortal,
     with ws.db.session() as s:
         cursor = state.get(s, state.CURSOR_OPEN)
         stored = s.scalar(select(func.count()).select_from(Case))
-    assert 50 <= stored < 60
+    assert 50 <= stored < total
     # The cursor is within the committed first page, never in the second: the newest
     # instant strictly older than the page's newest (Tasks sharing the newest instant
     # could continue on the next page, and "gt" would skip them after a crash).
     assert cursor == tasks[48]["meta"]["lastUpdated"]
     second = run_sync(ws, client)
     assert second.completed
-    assert second.cases_new == 60 - stored and second.cases_updated == 0
-    assert local_counts(ws)["cases"] == 60
+    assert second.cases_new == total - stored and second.cases_updated == 0
+    assert local_counts(ws)["cases"] == total
     assert_no_duplicates(ws)
 
 
