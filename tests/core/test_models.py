@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 import warnings
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -21,6 +23,7 @@ from derm_workstation.core.models import (
     QuestionnaireAnswer,
     QuestionnaireItem,
     QuestionnaireResponse,
+    new_id,
 )
 
 T0 = datetime(2025, 1, 15, 9, 0, tzinfo=UTC)
@@ -281,3 +284,25 @@ def test_refresh_search_text_is_lowercased_and_covers_the_searchable_fields() ->
              body_site="Left Shin")
     c.refresh_search_text()
     assert c.search_text == "öztürk ayşe mrn-77 dr-2025-001 itchy rash left shin"
+
+
+def test_new_ids_are_random_version_4_uuids_and_unique() -> None:
+    ids = [new_id() for _ in range(5000)]  # crosses several refills of the byte pool
+    assert len(set(ids)) == len(ids)
+    assert all(uuid.UUID(i).version == 4 and str(uuid.UUID(i)) == i for i in ids)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_forked_child_does_not_repeat_the_parents_next_ids() -> None:
+    new_id()  # the pool holds bytes the parent has not used yet
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.write(write, ",".join(new_id() for _ in range(3)).encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 4096).decode().split(",")
+    os.waitpid(pid, 0)
+    os.close(read)
+    parent = [new_id() for _ in range(3)]
+    assert len(child) == 3 and not set(child) & set(parent)
