@@ -28,11 +28,13 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from derm_workstation.core.errors import ImageCorruptError, InputError, StorageError
+
+T = TypeVar("T")
 
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1024 * 1024
@@ -68,10 +70,17 @@ class ImageStore:
         #: Folders known to exist (made or seen by this store): no mkdir per photo.
         self._folders: set[Path] = set()
 
-    def _ensure_folder(self, folder: Path) -> None:
+    def _in_folder(self, folder: Path, op: Callable[[], T]) -> T:
+        """Run ``op``, which writes into ``folder``: the folder is made the first time
+        (not once per photo), and again if it was removed under us since."""
         if folder not in self._folders:
             folder.mkdir(parents=True, exist_ok=True)
             self._folders.add(folder)
+        try:
+            return op()
+        except FileNotFoundError:
+            folder.mkdir(parents=True, exist_ok=True)
+            return op()
 
     def path_for(self, sha256: str) -> Path:
         if not _SHA_RE.fullmatch(sha256):
@@ -100,16 +109,8 @@ class ImageStore:
         """
         digest = hashlib.sha256()
         try:
-            self._ensure_folder(self.root)
-            fd, tmp_name = tempfile.mkstemp(prefix=".incoming-", dir=self.root)
-        except FileNotFoundError:  # the folder was removed under us: make it again
-            self._folders.discard(self.root)
-            try:
-                self._ensure_folder(self.root)
-                fd, tmp_name = tempfile.mkstemp(prefix=".incoming-", dir=self.root)
-            except OSError as exc:
-                raise StorageError(
-                    f"Cannot write to the photo store {self.root}: {exc}") from exc
+            fd, tmp_name = self._in_folder(
+                self.root, lambda: tempfile.mkstemp(prefix=".incoming-", dir=self.root))
         except OSError as exc:
             raise StorageError(f"Cannot write to the photo store {self.root}: {exc}") from exc
         tmp = Path(tmp_name)
@@ -139,13 +140,7 @@ class ImageStore:
                 if durable:  # another writer may have stored it with durable=False
                     self.make_durable([sha])
                 return sha
-            self._ensure_folder(final.parent)
-            try:
-                os.replace(tmp, final)
-            except FileNotFoundError:  # its folder was removed under us: make it again
-                self._folders.discard(final.parent)
-                self._ensure_folder(final.parent)
-                os.replace(tmp, final)
+            self._in_folder(final.parent, lambda: os.replace(tmp, final))
             if durable:
                 _fsync_dir(final.parent)
             return sha

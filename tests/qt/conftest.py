@@ -1,4 +1,5 @@
-"""Qt test setup: compiled forms, isolated QSettings, no leftover threads."""
+"""Qt test setup: compiled forms, isolated QSettings, no leftover threads; the `ws` and
+`tasks` fixtures the GUI tests share."""
 
 from __future__ import annotations
 
@@ -8,9 +9,27 @@ from pathlib import Path
 
 import pytest
 
+from derm_workstation.core.workspace import Workspace
 from derm_workstation.qt.build_ui import ensure_forms
+from derm_workstation.qt.tasks import QtTaskManager
 
 ensure_forms()
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Iterator[Workspace]:
+    """A fresh, empty data folder of the test's own."""
+    w = Workspace.open(tmp_path / "data")
+    yield w
+    w.close()
+
+
+@pytest.fixture
+def tasks() -> Iterator[QtTaskManager]:
+    """The background lanes (database, images, network), shut down after the test."""
+    t = QtTaskManager()
+    yield t
+    t.shutdown()
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -93,18 +92,6 @@ class Harness(QWidget):
         self.view.set_tasks(tasks)
 
 
-@pytest.fixture
-def tasks() -> Iterator[QtTaskManager]:
-    t = QtTaskManager()
-    yield t
-    t.shutdown()
-
-
-@pytest.fixture
-def ws(tmp_path: Path) -> Iterator[Workspace]:
-    w = Workspace.open(tmp_path / "data")
-    yield w
-    w.close()
 
 
 def add_photo(ws: Workspace, data: bytes, px_per_mm: float | None = None, *,

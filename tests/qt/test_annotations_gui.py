@@ -8,7 +8,6 @@ Every change is saved on the real database lane and read back from the database.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -59,18 +58,6 @@ class Harness(QWidget):
         self.view.set_tasks(tasks)
 
 
-@pytest.fixture
-def tasks() -> Iterator[QtTaskManager]:
-    t = QtTaskManager()
-    yield t
-    t.shutdown()
-
-
-@pytest.fixture
-def ws(tmp_path: Path) -> Iterator[Workspace]:
-    w = Workspace.open(tmp_path / "data")
-    yield w
-    w.close()
 
 
 def add_photo(ws: Workspace, px_per_mm: float | None) -> str:

@@ -10,16 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 
 import pytest
-from PySide6.QtCore import QPoint, QSettings, Qt
+from PySide6.QtCore import QPoint, Qt
 from PySide6.QtWidgets import QTabWidget
 
 from derm_workstation.core import intake
 from derm_workstation.core.annotations import AnnotationService
 from derm_workstation.core.body_map import BodyMapService
-from derm_workstation.core.services import CaseService
 from derm_workstation.core.users import SYSTEM, Actor, local_actor
 from derm_workstation.core.workspace import Workspace
 from derm_workstation.qt.app import apply_theme
@@ -28,17 +26,12 @@ from derm_workstation.qt.tasks import QtTaskManager
 from derm_workstation.qt.widgets.qt_body_map import QtBodyMap
 from derm_workstation.qt.widgets.qt_compare_view import QtCompareWindow
 from tests.builders import jpeg
+from tests.qt.windows import main_window
 
 TIMEOUT = 15_000
 NOW = datetime.now(UTC).replace(microsecond=0)
 ARM = "forearm:left:front"
 
-
-@pytest.fixture
-def ws(tmp_path: Path) -> Iterator[Workspace]:
-    w = Workspace.open(tmp_path / "data")
-    yield w
-    w.close()
 
 
 @pytest.fixture
@@ -80,21 +73,10 @@ def data(ws: Workspace) -> dict[str, str]:
 
 @pytest.fixture
 def window(qtbot, qapp, ws: Workspace, data: dict[str, str]) -> Iterator[QtMainWindow]:
-    apply_theme(qapp)
-    tasks = QtTaskManager()
-    win = QtMainWindow(tasks, QSettings())
-    qtbot.addWidget(win)
-    with qtbot.waitSignal(win.ready, timeout=TIMEOUT):
-        win.show()
-        win.attach(ws, CaseService(ws, local_actor()))
-        win.refresh()
-    with qtbot.waitSignal(win.case_shown, timeout=TIMEOUT):
-        win.open_case(data["case"])
-    yield win
-    if win.compare_window is not None:
-        win.compare_window.close()
-    win.close()
-    tasks.shutdown()
+    with main_window(qtbot, qapp, ws) as win:
+        with qtbot.waitSignal(win.case_shown, timeout=TIMEOUT):
+            win.open_case(data["case"])
+        yield win
 
 
 def open_tab(qtbot, win: QtMainWindow) -> QtBodyMap:

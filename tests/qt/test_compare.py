@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,12 +75,6 @@ def _pair() -> tuple[bytes, bytes, np.ndarray]:
 BASE, FOLLOW, TRUTH = _pair()
 
 
-@pytest.fixture
-def ws(tmp_path: Path) -> Iterator[Workspace]:
-    w = Workspace.open(tmp_path / "data")
-    yield w
-    w.close()
-
 
 @pytest.fixture
 def case_id(ws: Workspace) -> str:
@@ -110,12 +103,6 @@ def case_id(ws: Workspace) -> str:
         add(now, FOLLOW, "Left elbow", "Elbow close-up", 0)
         return str(now.id)  # type: ignore[attr-defined]
 
-
-@pytest.fixture
-def tasks() -> Iterator[QtTaskManager]:
-    t = QtTaskManager()
-    yield t
-    t.shutdown()
 
 
 @pytest.fixture

@@ -16,9 +16,7 @@ from derm_workstation.qt.tasks import QtTaskManager
 from derm_workstation.qt.widgets.qt_compare_view import QtCompareWindow
 from tests.qt import test_compare as tc
 
-ws = tc.ws
 case_id = tc.case_id
-tasks = tc.tasks
 TIMEOUT = tc.TIMEOUT
 
 

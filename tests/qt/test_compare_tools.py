@@ -14,9 +14,7 @@ from derm_workstation.qt.widgets.qt_compare_view import QtCompareWindow, quarter
 from derm_workstation.qt.widgets.qt_photo_view import QtPhotoView
 from tests.qt import test_compare as tc
 
-ws = tc.ws
 case_id = tc.case_id
-tasks = tc.tasks
 window = tc.window
 TIMEOUT, ALIGN_TIMEOUT = tc.TIMEOUT, tc.ALIGN_TIMEOUT
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from PySide6.QtCore import QMimeData, QPointF, QSettings, Qt, QUrl
+from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDragEnterEvent, QDropEvent
 from PySide6.QtWidgets import QApplication, QFileDialog, QLineEdit
 from sqlalchemy import func, select
@@ -29,11 +29,10 @@ from derm_workstation.core.users import Actor, local_actor
 from derm_workstation.core.workspace import Workspace
 from derm_workstation.imaging.decode import HEIF_SUPPORTED, ImageRejected
 from derm_workstation.imaging.levels import PREVIEW_SIZE
-from derm_workstation.qt.app import apply_theme
 from derm_workstation.qt.dialogs.qt_import_dialog import QtImportDialog
 from derm_workstation.qt.main_window import QtMainWindow
-from derm_workstation.qt.tasks import QtTaskManager
 from tests.builders import populate
+from tests.qt.windows import main_window
 
 TIMEOUT = 15_000
 DOCTOR = local_actor()
@@ -55,12 +54,6 @@ def photo_jpeg(colour: tuple[int, int, int] = (180, 120, 100), taken: str | None
     img.save(buf, "JPEG", quality=90, **kwargs)
     return buf.getvalue()
 
-
-@pytest.fixture
-def ws(tmp_path: Path) -> Iterator[Workspace]:
-    w = Workspace.open(tmp_path / "data")
-    yield w
-    w.close()
 
 
 @pytest.fixture
@@ -208,17 +201,8 @@ def test_heic_from_a_phone(ws: Workspace, case_ids: dict[str, str], tmp_path: Pa
 
 @pytest.fixture
 def window(qtbot, qapp, ws: Workspace, case_ids: dict[str, str]) -> Iterator[QtMainWindow]:
-    apply_theme(qapp)
-    tasks = QtTaskManager()
-    win = QtMainWindow(tasks, QSettings())
-    qtbot.addWidget(win)
-    with qtbot.waitSignal(win.ready, timeout=TIMEOUT):
-        win.show()
-        win.attach(ws, CaseService(ws, DOCTOR))
-        win.refresh()
-    yield win
-    win.close()
-    tasks.shutdown()
+    with main_window(qtbot, qapp, ws, DOCTOR) as win:
+        yield win
 
 
 def drag_enter(pos: QPointF, *args: object) -> QDragEnterEvent:

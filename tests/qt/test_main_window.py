@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from PySide6.QtCore import QPoint, QSettings, Qt
@@ -18,25 +17,17 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from derm_workstation.core.services import CaseService
-from derm_workstation.core.users import local_actor
 from derm_workstation.core.workspace import Workspace
-from derm_workstation.qt.app import apply_theme
 from derm_workstation.qt.main_window import QtMainWindow
 from derm_workstation.qt.tasks import QtTaskManager
 from derm_workstation.qt.widgets.qt_case_panel import THUMB_STATE_ROLE
 from derm_workstation.qt.widgets.qt_photo_view import QtPhotoView
 from tests.builders import CASES, corrupt_first_photo, populate
+from tests.qt.windows import main_window
 
 OPEN = [c for c in CASES if c[2] not in ("completed", "cancelled")]
 TIMEOUT = 10_000
 
-
-@pytest.fixture
-def ws(tmp_path: Path) -> Iterator[Workspace]:
-    w = Workspace.open(tmp_path / "data")
-    yield w
-    w.close()
 
 
 @pytest.fixture
@@ -46,17 +37,8 @@ def case_ids(ws: Workspace) -> dict[str, str]:
 
 @pytest.fixture
 def window(qtbot, qapp, ws: Workspace, case_ids: dict[str, str]) -> Iterator[QtMainWindow]:
-    apply_theme(qapp)
-    tasks = QtTaskManager()
-    win = QtMainWindow(tasks, QSettings())
-    qtbot.addWidget(win)
-    with qtbot.waitSignal(win.ready, timeout=TIMEOUT):
-        win.show()
-        win.attach(ws, CaseService(ws, local_actor()))
-        win.refresh()
-    yield win
-    win.close()
-    tasks.shutdown()
+    with main_window(qtbot, qapp, ws) as win:
+        yield win
 
 
 def click_row(qtbot, win: QtMainWindow, row: int) -> None:

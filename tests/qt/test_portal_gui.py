@@ -16,25 +16,23 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import QSettings, Qt
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QTextCursor
 from sqlalchemy import select
 
 from derm_workstation.core.models import Case, Message, OutboxItem
-from derm_workstation.core.services import CaseService
 from derm_workstation.core.users import Actor, local_actor
 from derm_workstation.core.workspace import Workspace
 from derm_workstation.portal import auth
 from derm_workstation.portal.client import PortalClient, RetryPolicy
 from derm_workstation.portal.reference.server import ReferencePortal
-from derm_workstation.qt.app import apply_theme
 from derm_workstation.qt.main_window import QtMainWindow
-from derm_workstation.qt.tasks import QtTaskManager
 from derm_workstation.qt.widgets.qt_sync_status import SyncOutcome
 from derm_workstation.sync.engine import run_sync
 from tests.builders import populate
+from tests.qt.windows import main_window, open_main_window
 from tests.sync.conftest import add_portal_case
-from tests.sync.proxy import Exchange, FaultProxy, Reply
+from tests.sync.proxy import Exchange, FaultProxy, Reply, refuse_messages
 from tests.sync.test_sync_lock import Holder
 
 TOKEN = "portal-gui-token-5f2c"
@@ -52,32 +50,15 @@ def portal(tmp_path: Path) -> Iterator[ReferencePortal]:
     p.stop()
 
 
-@pytest.fixture
-def ws(tmp_path: Path) -> Iterator[Workspace]:
-    w = Workspace.open(tmp_path / "data")
-    yield w
-    w.close()
-
 
 def make_window(qtbot, qapp, ws: Workspace, actor: Actor | None = None) -> QtMainWindow:
-    apply_theme(qapp)
-    tasks = QtTaskManager()
-    win = QtMainWindow(tasks, QSettings())
-    qtbot.addWidget(win)
-    win.sync.retry = ONE_TRY
-    with qtbot.waitSignal(win.ready, timeout=TIMEOUT):
-        win.show()
-        win.attach(ws, CaseService(ws, actor or local_actor()))
-        win.refresh()
-    return win
+    return open_main_window(qtbot, qapp, ws, actor, retry=ONE_TRY)
 
 
 @pytest.fixture
 def window(qtbot, qapp, ws: Workspace) -> Iterator[QtMainWindow]:
-    win = make_window(qtbot, qapp, ws)
-    yield win
-    win.close()
-    win.tasks.shutdown()
+    with main_window(qtbot, qapp, ws, retry=ONE_TRY) as win:
+        yield win
 
 
 def use_portal(qtbot, win: QtMainWindow, url: str) -> SyncOutcome:
@@ -363,6 +344,8 @@ def test_connecting_and_disconnecting_are_audited_with_the_host_only(
 
 
 def open_messages_tab(qtbot, win: QtMainWindow) -> None:
+    """Once a case is shown, click its Messages tab."""
+    qtbot.waitUntil(lambda: win.case_panel.detail is not None, timeout=TIMEOUT)
     tabs = win.case_panel.ui.detailTabs
     bar = tabs.tabBar()
     qtbot.mouseClick(bar, Qt.MouseButton.LeftButton, pos=bar.tabRect(2).center())
@@ -374,7 +357,6 @@ def test_a_message_to_the_patient_is_queued_sent_and_shown_and_empty_is_refused(
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     assert use_portal(qtbot, window, portal.base_url).summary.completed
-    qtbot.waitUntil(lambda: window.case_panel.detail is not None, timeout=TIMEOUT)
     panel = window.case_panel
     ui = panel.ui
     open_messages_tab(qtbot, window)
@@ -412,19 +394,11 @@ def test_offline_a_message_waits_queued_and_a_refused_one_offers_retry(
         qtbot, window: QtMainWindow, ws: Workspace, portal: ReferencePortal) -> None:
     with FaultProxy(portal.origin) as proxy:
         assert use_portal(qtbot, window, proxy.base_url).summary.completed
-        qtbot.waitUntil(lambda: window.case_panel.detail is not None, timeout=TIMEOUT)
         panel = window.case_panel
         ui = panel.ui
         open_messages_tab(qtbot, window)
 
-        def refuse(ex: Exchange) -> Reply | None:
-            if ex.method == "POST" and "/Communication" in ex.path:
-                body = (b'{"resourceType":"OperationOutcome","issue":[{"severity":"error",'
-                        b'"code":"business-rule","diagnostics":"Patient has left the portal"}]}')
-                return Reply(422, body, {"Content-Type": "application/fhir+json"})
-            return None
-
-        proxy.before = refuse
+        proxy.before = refuse_messages
         qtbot.keyClicks(ui.messageEdit, "Your results are ready.")
         with qtbot.waitSignal(window.sync.finished, timeout=TIMEOUT):
             click(qtbot, ui.sendMessageButton)
@@ -684,19 +658,11 @@ def test_the_retry_link_resends_only_its_own_message(
         qtbot, window: QtMainWindow, ws: Workspace, portal: ReferencePortal) -> None:
     with FaultProxy(portal.origin) as proxy:
         assert use_portal(qtbot, window, proxy.base_url).summary.completed
-        qtbot.waitUntil(lambda: window.case_panel.detail is not None, timeout=TIMEOUT)
         panel = window.case_panel
         ui = panel.ui
         open_messages_tab(qtbot, window)
 
-        def refuse(ex: Exchange) -> Reply | None:
-            if ex.method == "POST" and "/Communication" in ex.path:
-                body = (b'{"resourceType":"OperationOutcome","issue":[{"severity":"error",'
-                        b'"code":"business-rule","diagnostics":"Patient has left the portal"}]}')
-                return Reply(422, body, {"Content-Type": "application/fhir+json"})
-            return None
-
-        proxy.before = refuse
+        proxy.before = refuse_messages
         for text in ("First note.", "Second note."):
             qtbot.keyClicks(ui.messageEdit, text)
             with qtbot.waitSignal(window.sync.finished, timeout=TIMEOUT):

@@ -21,10 +21,10 @@ from derm_workstation.core.workspace import Workspace
 from derm_workstation.portal import auth
 from derm_workstation.portal.client import RetryPolicy
 from derm_workstation.portal.reference.server import FaultSpec, ReferencePortal
-from derm_workstation.qt.app import apply_theme
 from derm_workstation.qt.main_window import QtMainWindow
 from derm_workstation.qt.tasks import QtTaskManager
 from derm_workstation.qt.widgets.qt_sync_status import SyncOutcome
+from tests.qt.windows import main_window
 from tests.sync.conftest import add_portal_case
 from tests.sync.proxy import Exchange, FaultProxy, Reply
 
@@ -42,27 +42,11 @@ def portal(tmp_path: Path) -> Iterator[ReferencePortal]:
     p.stop()
 
 
-@pytest.fixture
-def ws(tmp_path: Path) -> Iterator[Workspace]:
-    w = Workspace.open(tmp_path / "data")
-    yield w
-    w.close()
-
 
 @pytest.fixture
 def window(qtbot, qapp, ws: Workspace) -> Iterator[QtMainWindow]:
-    apply_theme(qapp)
-    tasks = QtTaskManager()
-    win = QtMainWindow(tasks, QSettings())
-    qtbot.addWidget(win)
-    win.sync.retry = ONE_TRY
-    with qtbot.waitSignal(win.ready, timeout=TIMEOUT):
-        win.show()
-        win.attach(ws, CaseService(ws, local_actor()))
-        win.refresh()
-    yield win
-    win.close()
-    tasks.shutdown()
+    with main_window(qtbot, qapp, ws, retry=ONE_TRY) as win:
+        yield win
 
 
 def sync_now(qtbot, win: QtMainWindow) -> SyncOutcome:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import numpy as np
@@ -75,12 +74,6 @@ class Harness(QWidget):
         self.levels.adjustment_changed.connect(self.view.set_adjustment)
         self.view.set_tasks(tasks)
 
-
-@pytest.fixture
-def tasks() -> Iterator[QtTaskManager]:
-    t = QtTaskManager()
-    yield t
-    t.shutdown()
 
 
 @pytest.fixture

@@ -4,45 +4,26 @@ default window size, and the Info overlay following a calibration change at once
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from PySide6.QtCore import QPoint, QSettings, Qt
+from PySide6.QtCore import QPoint, Qt
 from PySide6.QtWidgets import QToolBar, QToolButton
 
-from derm_workstation.core.services import CaseService
-from derm_workstation.core.users import local_actor
 from derm_workstation.core.workspace import Workspace
-from derm_workstation.qt.app import apply_theme
 from derm_workstation.qt.main_window import QtMainWindow
-from derm_workstation.qt.tasks import QtTaskManager
 from tests.builders import populate
+from tests.qt.windows import main_window
 
 TIMEOUT = 10_000
 
-
-@pytest.fixture
-def ws(tmp_path: Path) -> Iterator[Workspace]:
-    w = Workspace.open(tmp_path / "data")
-    yield w
-    w.close()
 
 
 @pytest.fixture
 def window(qtbot, qapp, ws: Workspace) -> Iterator[QtMainWindow]:
     populate(ws)
-    apply_theme(qapp)
-    tasks = QtTaskManager()
-    win = QtMainWindow(tasks, QSettings())
-    qtbot.addWidget(win)
-    with qtbot.waitSignal(win.ready, timeout=TIMEOUT):
-        win.show()
-        win.attach(ws, CaseService(ws, local_actor()))
-        win.refresh()
-    qtbot.waitUntil(lambda: win.case_panel.shown_photo_id is not None, timeout=TIMEOUT)
-    yield win
-    win.close()
-    tasks.shutdown()
+    with main_window(qtbot, qapp, ws) as win:
+        qtbot.waitUntil(lambda: win.case_panel.shown_photo_id is not None, timeout=TIMEOUT)
+        yield win
 
 
 def click(qtbot, w, at: QPoint | None = None) -> None:

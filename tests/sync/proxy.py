@@ -128,3 +128,17 @@ class FaultProxy:
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(5)
+
+
+#: What the portal says when it refuses a message to the patient (a business rule).
+REFUSED_MESSAGE = "Patient has left the portal"
+
+
+def refuse_messages(ex: Exchange) -> Reply | None:
+    """A ``FaultProxy.before`` hook: the portal refuses every new Communication (422,
+    with :data:`REFUSED_MESSAGE` in its OperationOutcome); everything else passes."""
+    if ex.method == "POST" and "/Communication" in ex.path:
+        body = ('{"resourceType":"OperationOutcome","issue":[{"severity":"error",'
+                f'"code":"business-rule","diagnostics":"{REFUSED_MESSAGE}"}}]}}').encode()
+        return Reply(422, body, {"Content-Type": "application/fhir+json"})
+    return None

@@ -18,7 +18,7 @@ from derm_workstation.portal.mapping import OUTBOX_SYSTEM, USER_SYSTEM
 from derm_workstation.portal.reference.server import ReferencePortal
 from derm_workstation.sync.engine import run_sync
 from tests.sync.conftest import ClientFactory, add_portal_case
-from tests.sync.proxy import Exchange, FaultProxy, Reply
+from tests.sync.proxy import Exchange, FaultProxy, Reply, refuse_messages
 
 DOC = Actor("dr.ade", "dermatologist")
 NURSE_NO_EDIT = Actor("sam", "nurse")
@@ -328,14 +328,7 @@ def test_retry_message_requeues_only_that_message(
     first = acts.message_patient(case_id, "Your results are ready.")
     second = acts.message_patient(case_id, "Please book a follow-up.")
 
-    def refuse(ex: Exchange) -> Reply | None:
-        if ex.method == "POST" and "/Communication" in ex.path:
-            body = (b'{"resourceType":"OperationOutcome","issue":[{"severity":"error",'
-                    b'"code":"business-rule","diagnostics":"Patient has left the portal"}]}')
-            return Reply(422, body, {"Content-Type": "application/fhir+json"})
-        return None
-
-    proxy.before = refuse
+    proxy.before = refuse_messages
     run_sync(ws, make_client(proxy.base_url))
     assert {i.state for i in outbox_rows(ws)} == {"failed"}
     with pytest.raises(PermissionDeniedError):

@@ -229,20 +229,30 @@ class QtPortalDialog(QDialog):
             raise InputError("Enter the client secret." if oauth else "Enter the access token.")
         return stored
 
+    def _start(self, status: str | None = None) -> tuple[PortalSettings, str] | None:
+        """Read the form and lock it for a background action (``status`` shown while it
+        runs); a form error is shown instead and None returned."""
+        try:
+            form = self.settings_from_form()
+        except Exception as exc:
+            self._set_result(user_message(exc), _BAD)
+            return None
+        self._busy = True
+        self._set_enabled(False)
+        if status is not None:
+            self._set_result(status, _BUSY)
+        return form
+
     # -- actions -----------------------------------------------------------------------------
     def test_connection(self) -> None:
         """Ask the portal (network lane) whether it accepts these credentials."""
         if self._busy:
             return
-        try:
-            settings, secret = self.settings_from_form()
-        except Exception as exc:
-            self._set_result(user_message(exc), _BAD)
+        form = self._start("Testing the connection…")
+        if form is None:
             self.tested.emit(False, self.result_text())
             return
-        self._busy = True
-        self._set_enabled(False)
-        self._set_result("Testing the connection…", _BUSY)
+        settings, secret = form
 
         def work() -> str:
             from derm_workstation.sync.engine import check_portal
@@ -265,13 +275,10 @@ class QtPortalDialog(QDialog):
         """Keep the portal: secret to the keyring, address to portal.json (database lane)."""
         if self._busy:
             return
-        try:
-            settings, secret = self.settings_from_form()
-        except Exception as exc:
-            self._set_result(user_message(exc), _BAD)
+        form = self._start()
+        if form is None:
             return
-        self._busy = True
-        self._set_enabled(False)
+        settings, secret = form
         data_dir = self.data_dir
 
         def work() -> str:
