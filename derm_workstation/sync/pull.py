@@ -1133,6 +1133,10 @@ class Puller:
                         second, "Task", t.patient_id))
                         if h.portal_id != t.portal_id]
             f.photos = self._finish_downloads(downloads)
+            # Each photo's bytes were flushed as it arrived; their folder entries are
+            # flushed here, once per case, on this thread (which only waits here) and
+            # before any row can refer to them.
+            self.ws.images.flush_folders([p.sha256 for p in f.photos if p.sha256])
         except BaseException:
             for fut in downloads:
                 fut.cancel()
@@ -1215,8 +1219,8 @@ class Puller:
                 return ph
             facts = PhotoFacts(probed.content_type, probed.width, probed.height)
         # Stored renamed-then-flushed, the flush here (outside the transfer slot, so the
-        # next transfer overlaps it): on disk before any row can refer to it.
-        self.ws.images.make_durable([got.sha256])
+        # next transfer overlaps it; its folder entry with the case's other photos).
+        self.ws.images.make_durable([got.sha256], folders=False)
         ph.sha256, ph.size = got.sha256, got.size
         ph.content_type, ph.width, ph.height = facts.content_type, facts.width, facts.height
         return ph

@@ -74,6 +74,23 @@ def ws(tmp_path: Path) -> Iterator[Workspace]:
         w.close()
 
 
+@pytest.fixture
+def fsynced(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The inode of every file or folder flushed (``os.fsync``, which still runs), in
+    order, from here on."""
+    import os
+
+    flushed: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        flushed.append(os.fstat(fd).st_ino)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return flushed
+
+
 ClientFactory = Callable[..., PortalClient]
 
 

@@ -165,17 +165,9 @@ def test_head_facts_never_raise_on_garbage() -> None:
 # ---------------------------------------------------------------- the image store
 
 
-def test_not_durable_store_then_make_durable(tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_not_durable_store_then_make_durable(tmp_path: Path, fsynced: list[int]) -> None:
     store = ImageStore(tmp_path / "images")
-    synced: list[int] = []
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        synced.append(os.fstat(fd).st_ino)
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    synced = fsynced
     data = photo()
     sha = store.put_stream([data[:1000], data[1000:]], durable=False)
     path = store.path_for(sha)
@@ -185,6 +177,26 @@ def test_not_durable_store_then_make_durable(tmp_path: Path,
     if os.name != "nt":
         assert path.parent.stat().st_ino in synced  # and its folder entry
     assert list(store.root.glob(".incoming-*")) == []
+
+
+def test_make_durable_without_folders_then_each_folder_once(
+        tmp_path: Path, fsynced: list[int]) -> None:
+    """The bulk writer's split: bytes per photo, then the folders of several photos,
+    each folder flushed once however many of the photos are in it."""
+    store = ImageStore(tmp_path / "images")
+    synced = fsynced
+    shas = [store.put_stream([photo((30 + n, 20))], durable=False) for n in range(3)]
+    for sha in shas:
+        store.make_durable([sha], folders=False)
+    files = [store.path_for(sha).stat().st_ino for sha in shas]
+    assert synced == files  # the bytes only
+    synced.clear()
+    store.flush_folders([*shas, shas[0]])
+    folders = {store.path_for(sha).parent.stat().st_ino for sha in shas}
+    if os.name != "nt":
+        assert sorted(synced) == sorted(folders)  # each once
+    else:  # folders cannot be flushed on Windows
+        assert synced == []
 
 
 def test_make_durable_of_a_missing_photo_is_a_storage_error(tmp_path: Path) -> None:
@@ -301,24 +313,22 @@ def test_unverified_or_unusual_photos_get_the_full_check(
 
 def test_every_photo_is_on_disk_before_its_case_commits(
         empty_portal: ReferencePortal, ws: Workspace, make_client: ClientFactory,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, fsynced: list[int]) -> None:
+    """The bytes of each photo flushed as it arrived, its folder entry with the case's
+    other photos: either way, before the transaction that refers to it."""
     for n in range(3):
         add_portal_case(empty_portal.store, n=n, photos=3)
-    flushed: set[int] = set()
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        real_fsync(fd)
-        flushed.add(os.fstat(fd).st_ino)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    flushed = fsynced
     real_apply = pull.apply_case
     checked: list[str] = []
 
     def apply_case(s: Any, actor: Any, f: pull.FetchedCase) -> Any:
         for p in f.photos:
             assert p.sha256 is not None
-            assert ws.images.path_for(p.sha256).stat().st_ino in flushed
+            path = ws.images.path_for(p.sha256)
+            assert path.stat().st_ino in flushed, "the photo's bytes were not flushed"
+            if os.name != "nt":  # folders cannot be flushed on Windows
+                assert path.parent.stat().st_ino in flushed, "its folder was not flushed"
             checked.append(p.sha256)
         return real_apply(s, actor, f)
 
