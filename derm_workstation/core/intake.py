@@ -105,13 +105,17 @@ def add_case(
     portal_task_version: str | None = None,
     portal_service_request_id: str | None = None,
     incomplete_reason: str | None = None,
+    flush: bool = True,
 ) -> Case:
+    """A new case (audited). ``flush=False`` leaves writing it to the caller's next
+    flush or commit, so fields the caller sets next go into the same INSERT."""
     actor.require("case.edit")
     if status not in CASE_STATUSES:
         raise InputError(f"Unknown case status '{status}'.")
     if priority not in PRIORITY_RANK:
         raise InputError(f"Unknown priority '{priority}'.")
     case = Case(
+        id=new_id(),  # known before the flush: the audit event refers to it
         patient=patient,
         status=status,
         priority=priority,
@@ -130,8 +134,9 @@ def add_case(
     )
     case.refresh_search_text()
     s.add(case)
-    s.flush()
-    audit.record(s, actor, "case.create", "case", case.id)
+    if flush:
+        s.flush()
+    audit.record(s, actor, "case.create", "case", case.id, flush=flush)
     return case
 
 

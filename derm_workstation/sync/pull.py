@@ -406,6 +406,7 @@ def apply_case(s: Session, actor: Actor, f: FetchedCase) -> tuple[str, Case, str
             portal_task_version=t.version,
             portal_service_request_id=t.focus_id,
             incomplete_reason=reason,
+            flush=False,  # one INSERT with the fields set below (and the patient's)
         )
         apply_task_fields(case, t)
         case.portal_notice = None
