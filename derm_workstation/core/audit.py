@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from derm_workstation.core.models import AuditEvent, utcnow
@@ -40,22 +41,18 @@ def _digest(prev: str, at: datetime, actor: str, action: str, etype: str, eid: s
 
 #: ``session.info`` key: (the transaction, the last event recorded in it).
 _LAST = "derm_audit_last"
+#: PostgreSQL advisory lock held by a transaction while it appends to the chain.
+_PG_CHAIN_LOCK = 0x6465726D_61756474  # "dermaudt"
 
 
-def _previous_hash(session: Session) -> str | None:
-    """The hash the next event chains to.
-
-    After the first event of a transaction it is that transaction's last event (even
-    one not flushed yet: events are written in the order they were added, and on SQLite
-    no other writer can append until this transaction ends), unless a savepoint rolled
-    it back. Otherwise it is read from the database.
-    """
+def _last_in_transaction(session: Session) -> AuditEvent | None:
+    """The last event this transaction recorded, unless a savepoint rolled it back."""
     cached = session.info.get(_LAST)
     if cached is not None:
         transaction, last = cached
         if transaction is session.get_transaction() and last in session:
-            return str(last.hash)
-    return session.scalar(select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1))
+            return last
+    return None
 
 
 def record(session: Session, actor: Actor, action: str, entity_type: str,
@@ -63,23 +60,33 @@ def record(session: Session, actor: Actor, action: str, entity_type: str,
            flush: bool = True) -> AuditEvent:
     """Append an event in the caller's transaction.
 
-    ``flush=False`` leaves writing it to the caller's next flush or commit (a bulk
-    writer saves a statement per row it would otherwise write twice).
+    The first event of a transaction is written before the chain's end is read: the
+    write takes the database's write lock (on PostgreSQL an advisory lock is taken
+    first), so no other writer — another workstation, or the window's own database
+    thread while a sync commits — can append between the read and this transaction's
+    commit, and the chain never forks. The transaction's later events chain to its last
+    one without reading anything back; ``flush=False`` leaves writing them to the
+    caller's next flush or commit (a bulk writer saves a statement per row).
     """
-    prev = _previous_hash(session)
     at = utcnow().replace(microsecond=0)
     det = dict(detail or {})
-    ev = AuditEvent(
-        at=at,
-        actor=actor.username,
-        action=action,
-        entity_type=entity_type,
-        entity_id=entity_id,
-        detail=det,
-        prev_hash=prev or GENESIS,
-        hash=_digest(prev or GENESIS, at, actor.username, action, entity_type, entity_id, det),
-    )
-    session.add(ev)
+    ev = AuditEvent(at=at, actor=actor.username, action=action, entity_type=entity_type,
+                    entity_id=entity_id, detail=det)
+    last = _last_in_transaction(session)
+    if last is not None:
+        prev = str(last.hash)
+        session.add(ev)
+    else:
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                            {"key": _PG_CHAIN_LOCK})
+        ev.prev_hash = ev.hash = os.urandom(32).hex()  # unique stand-in, replaced below
+        session.add(ev)
+        session.flush()
+        prev = session.scalar(select(AuditEvent.hash).where(AuditEvent.id < ev.id)
+                              .order_by(AuditEvent.id.desc()).limit(1)) or GENESIS
+    ev.prev_hash = prev
+    ev.hash = _digest(prev, at, actor.username, action, entity_type, entity_id, det)
     session.info[_LAST] = (session.get_transaction(), ev)
     if flush:
         session.flush()

@@ -197,52 +197,6 @@ def test_an_empty_audit_chain_verifies(workspace: Workspace) -> None:
     assert _verify(workspace) is None
 
 
-def _chain(ws: Workspace) -> list[tuple[str, str, str]]:
-    with ws.db.session() as s:
-        return [(e.action, e.prev_hash, e.hash)
-                for e in s.scalars(select(AuditEvent).order_by(AuditEvent.id))]
-
-
-def test_unflushed_audit_events_chain_in_the_order_they_were_recorded(
-        workspace: Workspace) -> None:
-    """A bulk writer's events (flush=False) chain to each other before any is written,
-    and a savepoint rolled back takes its event out of the chain."""
-    with workspace.db.session() as s:
-        audit.record(s, SYSTEM, "a", "case", "1", flush=False)
-        audit.record(s, SYSTEM, "b", "case", "2", flush=False)
-        nested = s.begin_nested()
-        audit.record(s, SYSTEM, "gone", "case", "3", flush=False)
-        nested.rollback()
-        for n in range(4):
-            audit.record(s, SYSTEM, f"c{n}", "case", str(n), flush=n % 2 == 0)
-    chain = _chain(workspace)
-    assert [a for a, _, _ in chain] == ["a", "b", "c0", "c1", "c2", "c3"]
-    assert chain[0][1] == audit.GENESIS
-    for (_, _, before), (_, prev, _) in pairwise(chain):
-        assert prev == before
-    assert _verify(workspace) is None
-
-
-def test_an_event_another_writer_added_between_transactions_is_chained_to(
-        workspace: Workspace) -> None:
-    """The last event of an earlier transaction of the same session is not reused: a
-    writer in between may have appended."""
-    s = workspace.db.read_session()
-    try:
-        audit.record(s, SYSTEM, "first", "case", "1", flush=False)
-        s.commit()
-        with workspace.db.session() as other:
-            audit.record(other, SYSTEM, "other", "case", "2")
-        audit.record(s, SYSTEM, "again", "case", "3", flush=False)
-        s.commit()
-    finally:
-        s.close()
-    chain = _chain(workspace)
-    assert [a for a, _, _ in chain] == ["first", "other", "again"]
-    assert chain[2][1] == chain[1][2]
-    assert _verify(workspace) is None
-
-
 @pytest.mark.parametrize(
     "sql",
     [
