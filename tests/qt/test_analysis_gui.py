@@ -40,6 +40,8 @@ from derm_workstation.qt.widgets.qt_annotation_layer import QtAnnotationLayer
 from derm_workstation.qt.widgets.qt_photo_layer import PhotoSource
 from derm_workstation.qt.widgets.qt_photo_view import QtPhotoView
 from tests.core.helpers import add_case, add_patient
+from tests.qt.gestures import calibrate_with_ruler_line, click, drag, finished
+from tests.qt.windows import main_window
 
 TIMEOUT = 20_000
 W, H = 800, 600
@@ -143,24 +145,6 @@ def open_photo(qtbot, h: Harness, ws: Workspace, tasks: QtTaskManager, photo_id:
         h.panel.set_photo(photo_id, LesionAnalysisService(ws, actor))
 
 
-def wait_task(qtbot, h: Harness, name: str):
-    return qtbot.waitSignal(h.panel.finished, timeout=TIMEOUT,
-                            check_params_cb=lambda n: n == name)
-
-
-def click(qtbot, w: QWidget, at: QPoint | None = None) -> None:
-    if at is not None:
-        qtbot.mouseMove(w, at)
-    qtbot.mouseClick(w, Qt.MouseButton.LeftButton, pos=at or w.rect().center())
-
-
-def drag(qtbot, v: QtPhotoView, start: QPoint, end: QPoint, steps: int = 4) -> None:
-    qtbot.mousePress(v, Qt.MouseButton.LeftButton, pos=start)
-    for i in range(1, steps + 1):
-        qtbot.mouseMove(v, start + (end - start) * i / steps)
-    qtbot.mouseRelease(v, Qt.MouseButton.LeftButton, pos=end)
-
-
 def settled(qtbot, h: Harness) -> None:
     qtbot.waitUntil(lambda: h.layer.pending_saves == 0 and not h.panel.busy,
                     timeout=TIMEOUT)
@@ -200,7 +184,7 @@ def test_find_coin_confirm_and_every_measurement_follows(qtbot, harness: Harness
     assert h.layer.doc_measure(ruler).text == "180 px (uncalibrated)"
     assert not h.panel.confirm_button.isVisible()
     h.panel.choose_reference("us-25c")
-    with wait_task(qtbot, h, "reference"):
+    with finished(qtbot, h.panel, "reference"):
         click(qtbot, h.panel.find_button)
     found = text_of(h.panel.reference_label)
     assert "US 25¢" in found and "px/mm" in found, found
@@ -217,7 +201,7 @@ def test_find_coin_confirm_and_every_measurement_follows(qtbot, harness: Harness
     assert rim.green() > 150 and rim.green() > rim.red() and rim.green() > rim.blue()
     assert stored_ppm(ws, pid) == (None, None)  # nothing stored before the confirmation
     qtbot.waitUntil(lambda: h.panel.confirm_button.height() > 10, timeout=TIMEOUT)
-    with wait_task(qtbot, h, "confirm"):
+    with finished(qtbot, h.panel, "confirm"):
         click(qtbot, h.panel.confirm_button)
     ppm, method = stored_ppm(ws, pid)
     assert ppm == pytest.approx(PPM, rel=0.02) and method == "reference:us-25c"
@@ -242,7 +226,7 @@ def test_no_reference_found_is_one_plain_sentence(qtbot, harness: Harness, ws: W
     h.layer.set_tool("ellipse")
     drag(qtbot, h.view, QPoint(270, 210), QPoint(530, 390))
     settled(qtbot, h)
-    with wait_task(qtbot, h, "reference"):
+    with finished(qtbot, h.panel, "reference"):
         click(qtbot, h.panel.find_button)
     msg = text_of(h.panel.reference_label)
     assert msg.startswith("No reference found.") and "Traceback" not in msg
@@ -263,7 +247,7 @@ def test_reject_forgets_the_reference_and_custom_diameter(qtbot, harness: Harnes
     assert combo.currentData() == "custom" and h.panel.custom_spin.isVisible()
     h.panel.custom_spin.selectAll()
     qtbot.keyClicks(h.panel.custom_spin, "24.26")
-    with wait_task(qtbot, h, "reference"):
+    with finished(qtbot, h.panel, "reference"):
         click(qtbot, h.panel.find_button)
     assert "24.26 mm reference" in text_of(h.panel.reference_label)
     qtbot.waitUntil(lambda: h.panel.reject_button.height() > 10, timeout=TIMEOUT)
@@ -290,7 +274,7 @@ def test_ruler_line_calibration_then_clear(qtbot, harness: Harness, ws: Workspac
     h.panel.ruler_spin.selectAll()
     qtbot.keyClicks(h.panel.ruler_spin, "20")
     qtbot.waitUntil(lambda: h.panel.use_line_button.height() > 10, timeout=TIMEOUT)
-    with wait_task(qtbot, h, "ruler"):
+    with finished(qtbot, h.panel, "ruler"):
         click(qtbot, h.panel.use_line_button)
     assert stored_ppm(ws, pid) == (pytest.approx(20.0), "ruler-line")
     assert text_of(h.panel.state_label).startswith(
@@ -300,7 +284,7 @@ def test_ruler_line_calibration_then_clear(qtbot, harness: Harness, ws: Workspac
     assert m.mm is not None and m.mm["area"] == pytest.approx(np.pi * 50 * 50 / 400)
     [ev] = audit_events(ws, "photo.calibrate")
     assert ev.detail["p0"] == [100.0, 550.0] and ev.detail["length_mm"] == 20.0
-    with wait_task(qtbot, h, "clear"):
+    with finished(qtbot, h.panel, "clear"):
         click(qtbot, h.panel.clear_button)
     assert stored_ppm(ws, pid) == (None, None)
     assert text_of(h.panel.state_label) == "Uncalibrated — measurements in pixels"
@@ -401,7 +385,7 @@ def test_metrics_of_an_ellipse_exact_and_uncalibrated(qtbot, harness: Harness,
     pid = add_photo(ws, PLAIN, None)
     open_photo(qtbot, h, ws, tasks, pid, PLAIN)
     h.layer.set_tool("ellipse")
-    with wait_task(qtbot, h, "metrics"):
+    with finished(qtbot, h.panel, "metrics"):
         drag(qtbot, h.view, QPoint(270, 210), QPoint(530, 390))  # the dark oval's box
     text = text_of(h.panel.metrics_label)
     area = float(re.search(r"Area(\d+) px² \(uncalibrated\)", text).group(1))
@@ -424,7 +408,7 @@ def test_dermoscopic_photo_shows_tds_as_decision_support(qtbot, harness: Harness
                                    width=W, height=H, px_per_mm=30.0, dermoscopic=True))
     pid = add_photo(ws, photo.jpeg, 30.0)
     open_photo(qtbot, h, ws, tasks, pid, photo.jpeg)
-    with wait_task(qtbot, h, "outline"):
+    with finished(qtbot, h.panel, "outline"):
         click(qtbot, h.panel.auto_button)
     qtbot.waitUntil(lambda: "TDS" in text_of(h.panel.metrics_label), timeout=TIMEOUT)
     text = text_of(h.panel.metrics_label)
@@ -452,7 +436,7 @@ def test_change_over_time_for_a_numbered_lesion(qtbot, harness: Harness, ws: Wor
     h.layer.set_tool("polygon")
     for pt in (QPoint(290, 190), QPoint(410, 190), QPoint(410, 310)):
         click(qtbot, h.view, pt)
-    with wait_task(qtbot, h, "change"):
+    with finished(qtbot, h.panel, "change"):
         qtbot.mouseDClick(h.view, Qt.MouseButton.LeftButton, pos=QPoint(290, 310))
     text = text_of(h.panel.change_label)
     # 120 x 120 px at 10 px/mm = 144 mm² (+44 mm², +44 %); longest 17.0 mm (+2.8 mm, +20 %)
@@ -484,7 +468,7 @@ def test_export_annotated_copy_and_json(qtbot, harness: Harness, ws: Workspace,
         return str(tmp_path / ("copy.jpg" if "copy" in title else "notes"))
 
     h.panel.save_path_provider = provider
-    with wait_task(qtbot, h, "export-image"):
+    with finished(qtbot, h.panel, "export-image"):
         click(qtbot, h.panel.export_image_button)
     out = tmp_path / "copy.jpg"
     im = Image.open(out)
@@ -496,7 +480,7 @@ def test_export_annotated_copy_and_json(qtbot, harness: Harness, ws: Workspace,
     bar = np.asarray(im.convert("L"))[H - 40:H - 10, 10:200]
     assert (bar > 235).sum() > 100  # the white scale bar
     assert "scale bar" in text_of(h.panel.export_label)
-    with wait_task(qtbot, h, "export-json"):
+    with finished(qtbot, h.panel, "export-json"):
         click(qtbot, h.panel.export_json_button)
     doc = json.loads((tmp_path / "notes.json").read_text())
     assert doc["format"] == an.EXPORT_FORMAT and len(doc["annotations"]) == 1
@@ -517,7 +501,7 @@ def test_nurse_can_look_and_export_but_not_change(qtbot, harness: Harness, ws: W
     assert p.find_button.isEnabled() and p.export_image_button.isEnabled()
     for b in (p.ruler_button, p.clear_button, p.auto_button, p.seed_button):
         assert not b.isEnabled()
-    with wait_task(qtbot, h, "reference"):
+    with finished(qtbot, h.panel, "reference"):
         click(qtbot, p.find_button)
     assert p.confirm_button.isVisible() and not p.confirm_button.isEnabled()
 
@@ -546,24 +530,12 @@ def test_every_control_is_named_and_the_panel_reads_well(qtbot, harness: Harness
 
 # -- in the workstation window ----------------------------------------------------------------
 def test_measure_panel_in_the_window(qtbot, qapp, ws: Workspace) -> None:
-    from PySide6.QtCore import QSettings
     from PySide6.QtWidgets import QToolButton
 
-    from derm_workstation.core.services import CaseService
-    from derm_workstation.qt.app import apply_theme
-    from derm_workstation.qt.main_window import QtMainWindow
     from tests.builders import populate
 
     populate(ws)
-    apply_theme(qapp)
-    tasks = QtTaskManager()
-    win = QtMainWindow(tasks, QSettings())
-    qtbot.addWidget(win)
-    try:
-        with qtbot.waitSignal(win.ready, timeout=TIMEOUT):
-            win.show()
-            win.attach(ws, CaseService(ws, DOC))
-            win.refresh()
+    with main_window(qtbot, qapp, ws, DOC) as win:
         cp = win.case_panel
         qtbot.waitUntil(lambda: cp.shown_photo_id is not None, timeout=TIMEOUT)
         panel = cp.analysis
@@ -577,15 +549,7 @@ def test_measure_panel_in_the_window(qtbot, qapp, ws: Workspace) -> None:
         assert text_of(panel.state_label) == "Uncalibrated — measurements in pixels"
         assert panel.photo_id == cp.shown_photo_id
         # calibrate with a ruler line dragged on the window's own photo view
-        view = cp.ui.photoView
-        click(qtbot, panel.ruler_button)
-        mid = view.rect().center()
-        drag(qtbot, view, mid - QPoint(100, 0), mid + QPoint(100, 0))
-        qtbot.waitUntil(lambda: panel.use_line_button.height() > 10, timeout=TIMEOUT)
-        panel.ruler_spin.selectAll()
-        qtbot.keyClicks(panel.ruler_spin, "10")
-        with wait_task(qtbot, _Wrap(panel), "ruler"):
-            click(qtbot, panel.use_line_button)
+        calibrate_with_ruler_line(qtbot, panel, cp.ui.photoView, "10")
         ppm, method = stored_ppm(ws, cp.shown_photo_id)
         assert method == "ruler-line" and ppm is not None
         assert f"{ppm:.1f} px/mm" in cp.ui.photoInfoLabel.text()
@@ -593,13 +557,5 @@ def test_measure_panel_in_the_window(qtbot, qapp, ws: Workspace) -> None:
         win.grab().save("/tmp/analysis_window.png")
         click(qtbot, button)
         assert not panel.isVisible()
-    finally:
-        win.close()
-        tasks.shutdown()
 
 
-class _Wrap:
-    """Lets :func:`wait_task` wait on a panel that is not inside a Harness."""
-
-    def __init__(self, panel: QtAnalysisPanel) -> None:
-        self.panel = panel

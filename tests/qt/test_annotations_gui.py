@@ -26,6 +26,7 @@ from derm_workstation.qt.widgets.qt_annotation_layer import QtAnnotationLayer
 from derm_workstation.qt.widgets.qt_photo_layer import PhotoSource
 from derm_workstation.qt.widgets.qt_photo_view import QtPhotoView
 from tests.core.helpers import add_case, add_patient
+from tests.qt.gestures import click, drag
 
 TIMEOUT = 10_000
 W, H = 1600, 1200
@@ -100,18 +101,6 @@ def calibrated(qtbot, harness: Harness, ws: Workspace,
                tasks: QtTaskManager) -> tuple[Harness, an.AnnotationService, str]:
     pid = add_photo(ws, 10.0)
     return harness, open_photo(qtbot, harness, ws, tasks, pid, 10.0), pid
-
-
-def drag(qtbot, v: QtPhotoView, start: QPoint, end: QPoint, steps: int = 4) -> None:
-    qtbot.mousePress(v, Qt.MouseButton.LeftButton, pos=start)
-    for i in range(1, steps + 1):
-        qtbot.mouseMove(v, start + (end - start) * i / steps)
-    qtbot.mouseRelease(v, Qt.MouseButton.LeftButton, pos=end)
-
-
-def click(qtbot, v: QtPhotoView, at: QPoint) -> None:
-    qtbot.mouseMove(v, at)
-    qtbot.mouseClick(v, Qt.MouseButton.LeftButton, pos=at)
 
 
 def settled(qtbot, h: Harness) -> None:

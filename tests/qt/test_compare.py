@@ -450,19 +450,9 @@ def test_every_interactive_widget_has_names(window: QtCompareWindow) -> None:
 
 
 def test_compare_opens_from_the_case_panel(qtbot, qapp, ws: Workspace, case_id: str) -> None:
-    from PySide6.QtCore import QSettings
+    from tests.qt.windows import main_window
 
-    from derm_workstation.qt.main_window import QtMainWindow
-
-    apply_theme(qapp)
-    tasks = QtTaskManager()
-    win = QtMainWindow(tasks, QSettings())
-    qtbot.addWidget(win)
-    try:
-        with qtbot.waitSignal(win.ready, timeout=TIMEOUT):
-            win.show()
-            win.attach(ws, CaseService(ws, local_actor()))
-            win.refresh()
+    with main_window(qtbot, qapp, ws) as win:
         panel = win.case_panel
         assert panel.detail is not None and panel.detail.id == case_id
         button = panel.ui.photoToolbar.ui.compareButton
@@ -487,6 +477,3 @@ def test_compare_opens_from_the_case_panel(qtbot, qapp, ws: Workspace, case_id: 
         with qtbot.waitSignal(win.compare_window.photos_listed, timeout=TIMEOUT):
             pass
         win.compare_window.close()
-    finally:
-        win.close()
-        tasks.shutdown()

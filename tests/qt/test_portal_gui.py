@@ -27,10 +27,9 @@ from derm_workstation.portal import auth
 from derm_workstation.portal.client import PortalClient, RetryPolicy
 from derm_workstation.portal.reference.server import ReferencePortal
 from derm_workstation.qt.main_window import QtMainWindow
-from derm_workstation.qt.widgets.qt_sync_status import SyncOutcome
 from derm_workstation.sync.engine import run_sync
 from tests.builders import populate
-from tests.qt.windows import main_window, open_main_window
+from tests.qt.windows import main_window, open_main_window, use_portal
 from tests.sync.conftest import add_portal_case
 from tests.sync.proxy import Exchange, FaultProxy, Reply, refuse_messages
 from tests.sync.test_sync_lock import Holder
@@ -59,14 +58,6 @@ def make_window(qtbot, qapp, ws: Workspace, actor: Actor | None = None) -> QtMai
 def window(qtbot, qapp, ws: Workspace) -> Iterator[QtMainWindow]:
     with main_window(qtbot, qapp, ws, retry=ONE_TRY) as win:
         yield win
-
-
-def use_portal(qtbot, win: QtMainWindow, url: str) -> SyncOutcome:
-    """The window syncs with ``url`` for this session (as the demo does); the first sync
-    starts by itself. Returns its outcome."""
-    with qtbot.waitSignal(win.sync.finished, timeout=TIMEOUT) as blocker:
-        win.sync.use_portal(url, TOKEN)
-    return blocker.args[0]
 
 
 def flush_db(qtbot, win: QtMainWindow) -> None:
@@ -356,7 +347,7 @@ def test_a_message_to_the_patient_is_queued_sent_and_shown_and_empty_is_refused(
         qtbot, window: QtMainWindow, ws: Workspace, portal: ReferencePortal,
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    assert use_portal(qtbot, window, portal.base_url).summary.completed
+    assert use_portal(qtbot, window, portal.base_url, TOKEN).summary.completed
     panel = window.case_panel
     ui = panel.ui
     open_messages_tab(qtbot, window)
@@ -393,7 +384,7 @@ def test_a_message_to_the_patient_is_queued_sent_and_shown_and_empty_is_refused(
 def test_offline_a_message_waits_queued_and_a_refused_one_offers_retry(
         qtbot, window: QtMainWindow, ws: Workspace, portal: ReferencePortal) -> None:
     with FaultProxy(portal.origin) as proxy:
-        assert use_portal(qtbot, window, proxy.base_url).summary.completed
+        assert use_portal(qtbot, window, proxy.base_url, TOKEN).summary.completed
         panel = window.case_panel
         ui = panel.ui
         open_messages_tab(qtbot, window)
@@ -479,7 +470,7 @@ def test_allergies_are_shown_in_the_header_in_three_states(
             res["criticality"] = crit
         portal.store.create(res)
     populate(ws)  # local cases: nobody asked the portal about their allergies
-    assert use_portal(qtbot, window, portal.base_url).summary.completed
+    assert use_portal(qtbot, window, portal.base_url, TOKEN).summary.completed
     qtbot.waitUntil(lambda: window.model.rowCount() >= 4, timeout=TIMEOUT)
     panel = window.case_panel
     with_allergies = case_id_for_task(ws, first["id"])
@@ -510,7 +501,7 @@ def task_of(portal: ReferencePortal, ws: Workspace, case_id: str) -> dict:  # ty
 
 def test_arrowing_previews_and_enter_opens_the_case_and_claims_it_online(
         qtbot, window: QtMainWindow, ws: Workspace, portal: ReferencePortal) -> None:
-    assert use_portal(qtbot, window, portal.base_url).summary.completed
+    assert use_portal(qtbot, window, portal.base_url, TOKEN).summary.completed
     qtbot.waitUntil(lambda: window.model.rowCount() == 3, timeout=TIMEOUT)
     qtbot.waitUntil(lambda: window.case_panel.detail is not None, timeout=TIMEOUT)
     first = window.case_panel.detail.id  # type: ignore[union-attr]
@@ -550,7 +541,7 @@ def test_arrowing_previews_and_enter_opens_the_case_and_claims_it_online(
 
 def test_offline_opening_a_case_queues_its_claim(
         qtbot, window: QtMainWindow, ws: Workspace, portal: ReferencePortal) -> None:
-    assert use_portal(qtbot, window, portal.base_url).summary.completed
+    assert use_portal(qtbot, window, portal.base_url, TOKEN).summary.completed
     qtbot.waitUntil(lambda: window.case_panel.detail is not None, timeout=TIMEOUT)
     portal.stop()
     window.table.setFocus()
@@ -579,7 +570,7 @@ def test_opening_a_case_claimed_by_someone_else_or_changed_meanwhile_overwrites_
     held = dict(tasks[0], status="in-progress", owner={"display": "dr-other"})
     portal.store.put(held)
     with FaultProxy(portal.origin) as proxy:
-        assert use_portal(qtbot, window, proxy.base_url).summary.completed
+        assert use_portal(qtbot, window, proxy.base_url, TOKEN).summary.completed
         qtbot.waitUntil(lambda: window.model.rowCount() == 3, timeout=TIMEOUT)
         held_case = case_id_for_task(ws, held["id"])
         show_case(qtbot, window, held_case)
@@ -657,7 +648,7 @@ def test_the_window_says_so_when_another_process_is_syncing_and_tries_again_late
 def test_the_retry_link_resends_only_its_own_message(
         qtbot, window: QtMainWindow, ws: Workspace, portal: ReferencePortal) -> None:
     with FaultProxy(portal.origin) as proxy:
-        assert use_portal(qtbot, window, proxy.base_url).summary.completed
+        assert use_portal(qtbot, window, proxy.base_url, TOKEN).summary.completed
         panel = window.case_panel
         ui = panel.ui
         open_messages_tab(qtbot, window)

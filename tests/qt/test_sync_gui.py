@@ -24,7 +24,7 @@ from derm_workstation.portal.reference.server import FaultSpec, ReferencePortal
 from derm_workstation.qt.main_window import QtMainWindow
 from derm_workstation.qt.tasks import QtTaskManager
 from derm_workstation.qt.widgets.qt_sync_status import SyncOutcome
-from tests.qt.windows import main_window
+from tests.qt.windows import main_window, use_portal
 from tests.sync.conftest import add_portal_case
 from tests.sync.proxy import Exchange, FaultProxy, Reply
 
@@ -56,14 +56,6 @@ def sync_now(qtbot, win: QtMainWindow) -> SyncOutcome:
     return blocker.args[0]
 
 
-def connect_portal(qtbot, win: QtMainWindow, url: str) -> SyncOutcome:
-    """Point the window at a portal (token for this process only); the first sync of the
-    session starts by itself. Returns its outcome."""
-    with qtbot.waitSignal(win.sync.finished, timeout=TIMEOUT) as blocker:
-        win.sync.use_portal(url, TOKEN)
-    return blocker.args[0]
-
-
 def status_text(win: QtMainWindow) -> str:
     return win.sync_status.plain_text()
 
@@ -91,7 +83,7 @@ def test_without_a_portal_the_window_says_so_and_sync_is_off(window: QtMainWindo
 def test_sync_now_fills_the_queue_and_the_status_bar_says_online(
         qtbot, window: QtMainWindow, portal: ReferencePortal) -> None:
     assert window.model.rowCount() == 0
-    first = connect_portal(qtbot, window, portal.base_url)  # starts by itself
+    first = use_portal(qtbot, window, portal.base_url, TOKEN)  # starts by itself
     assert first.summary.completed and first.summary.cases_new == 3 and first.online
     qtbot.waitUntil(lambda: window.model.rowCount() == 3, timeout=TIMEOUT)
     assert window.sync_action.isEnabled()
@@ -137,7 +129,7 @@ def test_a_portal_saved_by_login_is_synced_at_start_by_itself(
 
 def test_portal_gone_shows_offline_and_local_cases_stay_usable(
         qtbot, window: QtMainWindow, ws: Workspace, portal: ReferencePortal) -> None:
-    assert connect_portal(qtbot, window, portal.base_url).summary.completed
+    assert use_portal(qtbot, window, portal.base_url, TOKEN).summary.completed
     qtbot.waitUntil(lambda: window.model.rowCount() == 3, timeout=TIMEOUT)
     portal.stop()
     outcome = sync_now(qtbot, window)
@@ -205,7 +197,7 @@ def test_closing_the_window_cancels_a_running_sync(
 def test_outbox_dialog_shows_a_412_with_the_portals_words_and_retry_requeues_it(
         qtbot, window: QtMainWindow, ws: Workspace, portal: ReferencePortal) -> None:
     with FaultProxy(portal.origin) as proxy:
-        assert connect_portal(qtbot, window, proxy.base_url).summary.completed
+        assert use_portal(qtbot, window, proxy.base_url, TOKEN).summary.completed
         qtbot.waitUntil(lambda: window.model.rowCount() == 3, timeout=TIMEOUT)
         d = window.case_panel.detail
         assert d is not None and d.portal_task_id is not None
@@ -273,7 +265,7 @@ def test_outbox_dialog_shows_a_412_with_the_portals_words_and_retry_requeues_it(
 
 def test_a_case_cancelled_on_the_portal_keeps_its_banner_on_screen(
         qtbot, window: QtMainWindow, ws: Workspace, portal: ReferencePortal) -> None:
-    assert connect_portal(qtbot, window, portal.base_url).summary.completed
+    assert use_portal(qtbot, window, portal.base_url, TOKEN).summary.completed
     qtbot.waitUntil(lambda: window.model.rowCount() == 3, timeout=TIMEOUT)
     # the first case's detail loads on the database lane after the rows
     qtbot.waitUntil(lambda: window.case_panel.detail is not None, timeout=TIMEOUT)
@@ -303,7 +295,7 @@ def test_synced_photos_get_their_quick_preview_in_the_background(
     pool, so the first time a clinician opens one it appears at once."""
     from derm_workstation.imaging.levels import PREVIEW_SIZE
 
-    outcome = connect_portal(qtbot, window, portal.base_url)
+    outcome = use_portal(qtbot, window, portal.base_url, TOKEN)
     assert outcome.summary.completed and outcome.summary.photos_downloaded >= 1
     assert window.service is not None and window.case_panel.thumbs is not None
     hashes = window.service.photo_hashes(list(outcome.summary.changed_case_ids))

@@ -27,6 +27,7 @@ from derm_workstation.qt.widgets.qt_levels_panel import QtLevelsPanel
 from derm_workstation.qt.widgets.qt_photo_layer import PhotoSource
 from derm_workstation.qt.widgets.qt_photo_toolbar import QtPhotoToolbar
 from derm_workstation.qt.widgets.qt_photo_view import GRID_ZOOM, QtPhotoView
+from tests.qt.gestures import drag
 
 TIMEOUT = 10_000
 W, H = 1600, 1200
@@ -107,13 +108,6 @@ def wheel(v: QtPhotoView, pos: QPointF, clicks: float = 1.0) -> None:
                      QPoint(0, int(120 * clicks)), Qt.MouseButton.NoButton,
                      Qt.KeyboardModifier.NoModifier, Qt.ScrollPhase.NoScrollPhase, False)
     QApplication.sendEvent(v, ev)
-
-
-def drag(qtbot, v: QtPhotoView, start: QPoint, end: QPoint, steps: int = 4) -> None:
-    qtbot.mousePress(v, Qt.MouseButton.LeftButton, pos=start)
-    for i in range(1, steps + 1):
-        qtbot.mouseMove(v, start + (end - start) * i / steps)
-    qtbot.mouseRelease(v, Qt.MouseButton.LeftButton, pos=end)
 
 
 def close(a: QPointF, b: QPointF, tol: float = 0.75) -> bool:

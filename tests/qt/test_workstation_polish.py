@@ -12,6 +12,7 @@ from PySide6.QtWidgets import QToolBar, QToolButton
 from derm_workstation.core.workspace import Workspace
 from derm_workstation.qt.main_window import QtMainWindow
 from tests.builders import populate
+from tests.qt.gestures import calibrate_with_ruler_line, click, drag, finished
 from tests.qt.windows import main_window
 
 TIMEOUT = 10_000
@@ -24,17 +25,6 @@ def window(qtbot, qapp, ws: Workspace) -> Iterator[QtMainWindow]:
     with main_window(qtbot, qapp, ws) as win:
         qtbot.waitUntil(lambda: win.case_panel.shown_photo_id is not None, timeout=TIMEOUT)
         yield win
-
-
-def click(qtbot, w, at: QPoint | None = None) -> None:
-    qtbot.mouseClick(w, Qt.MouseButton.LeftButton, pos=at or w.rect().center())
-
-
-def drag(qtbot, v, start: QPoint, end: QPoint, steps: int = 4) -> None:
-    qtbot.mousePress(v, Qt.MouseButton.LeftButton, pos=start)
-    for i in range(1, steps + 1):
-        qtbot.mouseMove(v, start + (end - start) * i / steps)
-    qtbot.mouseRelease(v, Qt.MouseButton.LeftButton, pos=end)
 
 
 # -- 1. the annotation tool row never hides a tool ----------------------------------------------
@@ -93,11 +83,6 @@ def test_the_tool_row_wraps_rather_than_hides_when_narrow(qtbot, window) -> None
 
 
 # -- 2. the Info overlay follows the Measure panel's calibration --------------------------------
-def _finished(qtbot, panel, name: str):
-    return qtbot.waitSignal(panel.finished, timeout=TIMEOUT,
-                            check_params_cb=lambda n: n == name)
-
-
 def test_info_overlay_follows_a_calibration_change_at_once(qtbot, window) -> None:
     cp = window.case_panel
     view = cp.ui.photoView
@@ -110,15 +95,7 @@ def test_info_overlay_follows_a_calibration_change_at_once(qtbot, window) -> Non
     assert "Calibration: uncalibrated" in view.info_lines()
     click(qtbot, cp.annotations.toolbar().findChild(QToolButton, "annotationMeasureButton"))
     assert panel.isVisible()
-    # calibrate with a 10 mm ruler line dragged on the photo
-    click(qtbot, panel.ruler_button)
-    mid = view.rect().center()
-    drag(qtbot, view, mid - QPoint(100, 0), mid + QPoint(100, 0))
-    qtbot.waitUntil(lambda: panel.use_line_button.height() > 10, timeout=TIMEOUT)
-    panel.ruler_spin.selectAll()
-    qtbot.keyClicks(panel.ruler_spin, "10")
-    with _finished(qtbot, panel, "ruler"):
-        click(qtbot, panel.use_line_button)
+    calibrate_with_ruler_line(qtbot, panel, view, "10")  # a 10 mm line dragged on the photo
     ppm = panel.state.px_per_mm
     assert ppm is not None
     shown = view.source
@@ -127,7 +104,7 @@ def test_info_overlay_follows_a_calibration_change_at_once(qtbot, window) -> Non
     window.grab().save("/tmp/workstation_info_calibrated.png")
     # clearing it shows at once too
     qtbot.waitUntil(lambda: panel.clear_button.isEnabled(), timeout=TIMEOUT)
-    with _finished(qtbot, panel, "clear"):
+    with finished(qtbot, panel, "clear"):
         click(qtbot, panel.clear_button)
     assert "Calibration: uncalibrated" in view.info_lines()
     assert view.source is not None and view.source.key == shown.key

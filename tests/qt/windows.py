@@ -14,6 +14,7 @@ from derm_workstation.portal.client import RetryPolicy
 from derm_workstation.qt.app import apply_theme
 from derm_workstation.qt.main_window import QtMainWindow
 from derm_workstation.qt.tasks import QtTaskManager
+from derm_workstation.qt.widgets.qt_sync_status import SyncOutcome
 
 TIMEOUT = 20_000
 
@@ -49,3 +50,12 @@ def main_window(qtbot, qapp, ws: Workspace, actor: Actor | None = None, *,
         yield win
     finally:
         close_main_window(win)
+
+
+def use_portal(qtbot, win: QtMainWindow, url: str, token: str) -> SyncOutcome:
+    """Point the window at a portal for this session (the token is not stored, as in
+    the demo); the first sync starts by itself. Returns its outcome."""
+    with qtbot.waitSignal(win.sync.finished, timeout=TIMEOUT) as blocker:
+        win.sync.use_portal(url, token)
+    outcome: SyncOutcome = blocker.args[0]
+    return outcome
