@@ -29,6 +29,7 @@ to a *sink* (the GUI runs it on the database lane, tests call the service direct
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -36,6 +37,7 @@ from datetime import datetime
 from itertools import pairwise
 from typing import Any
 
+import numpy as np
 from sqlalchemy import select
 
 from derm_workstation.core import audit
@@ -120,6 +122,7 @@ def path_length(pts: Sequence[Point], closed: bool = False) -> float:
 
 
 def shoelace_area(pts: Sequence[Point]) -> float:
+    """The area of a closed outline that does not cross itself (see :func:`outline_area`)."""
     n = len(pts)
     s = 0.0
     for i in range(n):
@@ -127,6 +130,74 @@ def shoelace_area(pts: Sequence[Point]) -> float:
         x1, y1 = pts[(i + 1) % n]
         s += x0 * y1 - x1 * y0
     return abs(s) / 2.0
+
+
+def _crossings(pts: Sequence[Point]) -> list[Point]:
+    """Where the closed outline ``pts`` crosses itself: the points where two of its
+    edges that do not share a corner intersect (touching counts)."""
+    n = len(pts)
+    if n < 4:
+        return []
+    p = np.asarray(pts, dtype=np.float64)
+    q = np.roll(p, -1, axis=0)
+    d = q - p
+    i, j = np.triu_indices(n, k=2)
+    keep = ~((i == 0) & (j == n - 1))  # the last edge meets the first at a corner
+    i, j = i[keep], j[keep]
+    # solve p_i + t d_i = p_j + u d_j
+    den = d[i, 0] * d[j, 1] - d[i, 1] * d[j, 0]
+    w = p[j] - p[i]
+    ok = np.abs(den) > 1e-12
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = (w[:, 0] * d[j, 1] - w[:, 1] * d[j, 0]) / den
+        u = (w[:, 0] * d[i, 1] - w[:, 1] * d[i, 0]) / den
+    hit = ok & (t >= 0) & (t <= 1) & (u >= 0) & (u <= 1)
+    at = p[i[hit]] + t[hit, None] * d[i[hit]]
+    return [(float(x), float(y)) for x, y in at]
+
+
+def self_intersects(pts: Sequence[Point]) -> bool:
+    """Whether the closed outline ``pts`` crosses or touches itself."""
+    return bool(_crossings(pts))
+
+
+def outline_area(pts: Sequence[Point]) -> float:
+    """The area enclosed by the closed outline ``pts``, exactly.
+
+    For an outline that does not cross itself this is the shoelace formula. A
+    freehand outline often does (the stroke overshoots where it started, or loops):
+    the shoelace formula then subtracts the loops turning the other way, so the
+    area counted is instead that of the region the outline encloses by the even-odd
+    rule — the pixels :func:`~derm_workstation.core.lesion_analysis.roi_mask` fills
+    and :func:`point_in_polygon` calls inside — integrated exactly between the
+    heights of the corners and crossings (the inside width is linear in between).
+    Remembers recent outlines: labels are re-measured at every repaint.
+    """
+    return _outline_area(tuple((float(x), float(y)) for x, y in pts))
+
+
+@functools.lru_cache(maxsize=512)
+def _outline_area(pts: tuple[Point, ...]) -> float:
+    crossings = _crossings(pts)
+    if not crossings:
+        return shoelace_area(pts)
+    p = np.asarray(pts, dtype=np.float64)
+    q = np.roll(p, -1, axis=0)
+    ys = np.unique(np.concatenate([p[:, 1], [c[1] for c in crossings]]))
+    lo, hi = ys[:-1], ys[1:]
+    mid = (lo + hi) / 2.0
+    y0, y1 = p[:, 1][:, None], q[:, 1][:, None]
+    spans = (np.minimum(y0, y1) < mid) & (mid < np.maximum(y0, y1))  # edges x slabs
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = p[:, 0][:, None] + (mid - y0) * ((q[:, 0] - p[:, 0])[:, None] / (y1 - y0))
+    x = np.where(spans, x, np.inf)
+    x.sort(axis=0)
+    total = 0.0
+    counts = spans.sum(axis=0)
+    for k in range(len(mid)):
+        xs = x[: counts[k], k]
+        total += float((xs[1::2] - xs[0::2]).sum()) * float(hi[k] - lo[k])
+    return total
 
 
 def point_in_polygon(pt: Point, poly: Sequence[Point]) -> bool:
@@ -241,7 +312,7 @@ def measure(kind: str, geometry: dict[str, Any], px_per_mm: float | None) -> Mea
         px["angle"] = angle_at(pts[0], pts[1], pts[2])
         parts.append(f"{px['angle']:.1f}°")
     elif kind in CLOSED_KINDS and len(pts) >= 3:
-        px["area"] = shoelace_area(pts)
+        px["area"] = outline_area(pts)
         px["perimeter"] = path_length(pts, closed=True)
         parts += [_fmt_area(px["area"], ppm), f"perimeter {_fmt_len(px['perimeter'], ppm)}"]
     elif kind == "ellipse" and len(pts) == 2:

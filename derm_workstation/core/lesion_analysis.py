@@ -60,12 +60,14 @@ __all__ = [
     "CALIBRATION_ACTIONS",
     "CalibrationState",
     "LesionAnalysisService",
+    "OutlineFigures",
     "OutlineProposal",
     "PhotoFacts",
     "ReferenceChoice",
     "burn_in",
     "calibration_label",
     "lesion_number_inside",
+    "outline_figures",
     "reference_choices",
     "reference_method",
     "roi_mask",
@@ -241,6 +243,42 @@ def roi_mask(kind: str, geometry: dict[str, Any], size: tuple[int, int],
         mask[rr, cc] = True
         return mask
     raise InputError("Metrics need a closed outline: a polygon, freehand or ellipse region.")
+
+
+@dataclass(frozen=True)
+class OutlineFigures:
+    """Size and shape of a drawn outline, in pixels (see :func:`outline_figures`)."""
+
+    area_px: float
+    perimeter_px: float
+    max_diameter_px: float
+    min_diameter_px: float
+    border_irregularity: float
+
+
+def outline_figures(kind: str, geometry: dict[str, Any]) -> OutlineFigures:
+    """Area, perimeter, longest and shortest Feret diameter (pixels) and border
+    irregularity of a closed ROI drawn as vectors, computed from the outline itself.
+
+    These are exact for the outline as drawn (an ellipse's perimeter by Ramanujan's
+    approximation), and the same figures the annotation's label shows; the pixel mask
+    of the same outline gives them only to within about a per cent.
+    """
+    import numpy as np
+
+    from derm_workstation.imaging.metrics import feret_diameters
+
+    pts = an.points_of(geometry)
+    size = an.measure(kind, geometry, None).px
+    if "area" not in size:
+        raise InputError("Metrics need a closed outline: a polygon, freehand or ellipse region.")
+    area, perimeter = size["area"], size["perimeter"]
+    if kind == "ellipse":
+        longest, shortest = max(size["width"], size["height"]), min(size["width"], size["height"])
+    else:
+        longest, shortest = feret_diameters(np.asarray(pts, dtype=np.float64))
+    return OutlineFigures(area, perimeter, longest, shortest,
+                          perimeter ** 2 / (4 * math.pi * area) if area > 0 else 0.0)
 
 
 def scale_bar_mm(px_per_mm: float, image_width: int) -> float:
@@ -632,7 +670,13 @@ class LesionAnalysisService:
                 dermoscopic: bool | None = None) -> LesionMetrics:
         """Metrics of a closed ROI (polygon, freehand or ellipse) with the photo's
         calibration. ``dermoscopic`` None: detected from the photo (a dermatoscope's
-        round field) — then the ABCD total dermoscopy score is included."""
+        round field) — then the ABCD total dermoscopy score is included.
+
+        Size and shape figures (area, perimeter, Feret diameters, border
+        irregularity) come from the outline itself (:func:`outline_figures`), so they
+        equal the annotation's label and the change over time; asymmetry, colours and
+        the score come from the pixels inside it. An outline reaching past the edge
+        of the photo is measured on the pixels inside the photo instead."""
         from derm_workstation.imaging.metrics import measure
         from derm_workstation.imaging.segmentation import looks_dermoscopic
 
@@ -662,6 +706,15 @@ class LesionAnalysisService:
         m = measure(mask, rgb[y0:y1, x0:x1], facts.px_per_mm, dermoscopic=derm)
         if (x0, y0) != (0, 0):
             m = replace(m, centroid=(m.centroid[0] + x0, m.centroid[1] + y0))
+        inside = min(xs) >= 0 and min(ys) >= 0 and max(xs) <= w and max(ys) <= h
+        if inside:
+            # the outline's own figures, exactly as its label on the photo and the
+            # change over time give them (the mask's are estimates within ~1 %)
+            f = outline_figures(view.kind, view.geometry)
+            m = replace(m, area_px=f.area_px, perimeter_px=f.perimeter_px,
+                        max_diameter_px=f.max_diameter_px,
+                        min_diameter_px=f.min_diameter_px,
+                        border_irregularity=f.border_irregularity)
         return m
 
     # -- export ---------------------------------------------------------------------------

@@ -28,9 +28,9 @@ from derm_workstation.core.annotations import (
     CLOSED_KINDS,
     Point,
     ellipse_axes,
+    outline_area,
     point_in_polygon,
     points_of,
-    shoelace_area,
 )
 from derm_workstation.core.errors import NotFoundError
 from derm_workstation.core.models import Annotation, Case, Photo
@@ -123,7 +123,7 @@ def roi_size(kind: str, geometry: dict[str, Any]) -> tuple[float, float] | None:
         _c, a, b = ellipse_axes(pts)
         return math.pi * a * b, 2.0 * max(a, b)
     if kind in CLOSED_KINDS and len(pts) >= 3:
-        return shoelace_area(pts), _max_feret(pts)
+        return outline_area(pts), _max_feret(pts)
     return None
 
 

@@ -83,6 +83,7 @@ __all__ = [
     "DermoscopyScore",
     "LesionMetrics",
     "classify_colours",
+    "feret_diameters",
     "measure",
 ]
 
@@ -277,7 +278,7 @@ def _hull(points: FloatArray) -> FloatArray:
     return np.array(lower[:-1] + upper[:-1], dtype=np.float64)
 
 
-def _feret(points: FloatArray) -> tuple[float, float]:
+def feret_diameters(points: FloatArray) -> tuple[float, float]:
     """(longest, shortest) caliper width of a point set."""
     hull = _hull(points)
     if len(hull) < 2:
@@ -464,7 +465,7 @@ def measure(mask: npt.ArrayLike, rgb: npt.ArrayLike, px_per_mm: float | None, *,
 
     perimeter = sum(_closed_length(p) for p in _outlines(crop))
     raw = _outlines(crop, smooth=False)  # calipers touch the outline's extreme points
-    longest, shortest = _feret(np.vstack(raw) if raw else np.zeros((0, 2)))
+    longest, shortest = feret_diameters(np.vstack(raw) if raw else np.zeros((0, 2)))
 
     occ, f = _occupancy(crop, _MAX_SYM_SIDE)
     a1, a2, angle, ocy, ocx = _asymmetry(np.pad(occ, 2))

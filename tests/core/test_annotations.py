@@ -60,6 +60,37 @@ def test_polygon_area_is_shoelace_and_perimeter_closed() -> None:
     assert "3.0 mm²" in m.text and "uncalibrated" not in m.text
 
 
+def test_an_outline_that_crosses_itself_counts_what_it_encloses() -> None:
+    # a bow tie: two triangles of 25 px² each, turning opposite ways (shoelace: 0)
+    bow = [(0, 0), (10, 10), (10, 0), (0, 10)]
+    assert an.shoelace_area(bow) == pytest.approx(0.0)
+    assert an.self_intersects(bow)
+    assert an.measure("freehand", an.make_geometry(bow), None).px["area"] == pytest.approx(50.0)
+    # larger crossing outlines against the pixels the ROI fills (even-odd rule)
+    from derm_workstation.core.lesion_analysis import roi_mask
+
+    for pts in ([(0, 0), (2, 0), (6, 4), (6, 0), (2, 4)],  # loops of 800 and 400 (x 100)
+                [(0, 0), (40, 0), (0, 40), (40, 40)],  # an hourglass
+                [(0, 30), (60, 0), (60, 60), (0, 10), (30, 0), (30, 60)]):  # a knot
+        f = 600 / max(max(p) for p in pts)
+        scaled = [(x * f + 5, y * f + 5) for x, y in pts]
+        raster = roi_mask("freehand", an.make_geometry(scaled), (700, 700)).sum()
+        assert an.self_intersects(scaled)
+        assert an.outline_area(scaled) == pytest.approx(raster, rel=0.01), pts
+    two_loops = [(x * 10, y * 10) for x, y in [(0, 0), (2, 0), (6, 4), (6, 0), (2, 4)]]
+    assert an.outline_area(two_loops) == pytest.approx(1200.0)  # by hand: 800 + 400
+    # a freehand circle whose stroke overshoots its start by a tenth of a turn
+    turn = [2 * math.pi * 1.1 * k / 400 for k in range(401)]
+    circle = [(200 + 100 * math.cos(t), 200 + 100 * math.sin(t)) for t in turn]
+    assert an.self_intersects(circle)
+    raster = roi_mask("freehand", an.make_geometry(circle), (400, 400)).sum()
+    assert an.outline_area(circle) == pytest.approx(raster, rel=0.002)
+    assert an.outline_area(circle) == pytest.approx(math.pi * 100 ** 2, rel=0.01)
+    # outlines that do not cross: the shoelace formula, and no crossing reported
+    square = [(0, 0), (10, 0), (10, 10), (0, 10)]
+    assert not an.self_intersects(square) and an.outline_area(square) == 100.0
+
+
 def test_ellipse_area_pi_a_b() -> None:
     g = an.make_geometry([(100, 50), (40, 90)])  # a = 30, b = 20, corners in any order
     m = an.measure("ellipse", g, None)

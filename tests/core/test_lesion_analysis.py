@@ -277,20 +277,22 @@ def test_metrics_of_synthetic_shapes_are_exact(ws: Workspace) -> None:
     square = anns.add(pid, "polygon", [(100, 100), (200, 100), (200, 200), (100, 200)])
     m = svc.metrics(pid, square.id)
     assert m.calibrated and m.area_mm2 == pytest.approx(100.0)
-    assert m.perimeter_mm == pytest.approx(40.0, rel=0.02)  # sharp corners: a bit short
-    assert m.max_diameter_mm == pytest.approx(math.sqrt(2) * 10, rel=0.01)
-    assert m.min_diameter_mm == pytest.approx(10.0, rel=0.01)
-    assert m.border_irregularity == pytest.approx(4 / math.pi, rel=0.04)
+    # drawn outlines are measured on their vectors: exact, as their labels say
+    assert m.perimeter_mm == pytest.approx(40.0)
+    assert m.max_diameter_mm == pytest.approx(math.sqrt(2) * 10)
+    assert m.min_diameter_mm == pytest.approx(10.0)
+    assert m.border_irregularity == pytest.approx(4 / math.pi)
     assert max(m.asymmetry) < 0.02
     circle = anns.add(pid, "ellipse", [(150, 100), (250, 200)])
     c = svc.metrics(pid, circle)
-    assert c.area_mm2 == pytest.approx(math.pi * 25, rel=0.01)
-    assert c.max_diameter_mm == pytest.approx(10.0, rel=0.01)
-    assert c.border_irregularity == pytest.approx(1.0, abs=0.02)
+    assert c.area_mm2 == pytest.approx(math.pi * 25)
+    assert c.perimeter_mm == pytest.approx(math.pi * 10)
+    assert c.max_diameter_mm == pytest.approx(10.0)
+    assert c.border_irregularity == pytest.approx(1.0)
     oval = anns.add(pid, "ellipse", [(100, 120), (300, 180)])
     o = svc.metrics(pid, oval.id)
-    assert o.max_diameter_mm == pytest.approx(20.0, rel=0.01)
-    assert o.min_diameter_mm == pytest.approx(6.0, rel=0.02)
+    assert o.max_diameter_mm == pytest.approx(20.0)
+    assert o.min_diameter_mm == pytest.approx(6.0)
     # uncalibrated: pixels only, never a guessed mm
     svc.clear_calibration(pid)
     u = svc.metrics(svc.photo_facts(pid), square.id)
@@ -301,6 +303,41 @@ def test_metrics_of_synthetic_shapes_are_exact(ws: Workspace) -> None:
     off = anns.add(pid, "polygon", [(500, 500), (600, 500), (600, 600)])
     with pytest.raises(InputError, match="outside the photo"):
         svc.metrics(pid, off.id)
+
+
+def test_metrics_say_what_the_label_and_the_change_over_time_say(ws: Workspace) -> None:
+    from derm_workstation.core.lesions import roi_size
+
+    pid = _photo(ws, _blank(400, 300), 10.0)
+    svc = la.LesionAnalysisService(ws, DOC)
+    anns = an.AnnotationService(ws, DOC)
+    # a freehand circle whose stroke overshoots where it started (it crosses itself)
+    turn = [2 * math.pi * 1.1 * k / 300 for k in range(301)]
+    stroke = [(200 + 80 * math.cos(t), 150 + 60 * math.sin(t)) for t in turn]
+    # the outline an automatic proposal gives: many corners along a wavy border
+    wavy = [(200 + (70 + 6 * math.sin(7 * t)) * math.cos(t),
+             150 + (50 + 6 * math.sin(7 * t)) * math.sin(t))
+            for t in (2 * math.pi * k / 400 for k in range(400))]
+    for kind, pts in (("freehand", stroke), ("polygon", wavy)):
+        view = anns.add(pid, kind, pts)
+        m = svc.metrics(pid, view.id)
+        label = an.measure(kind, view.geometry, 10.0)
+        assert label.mm is not None
+        assert m.area_mm2 == pytest.approx(label.mm["area"], rel=1e-9)
+        assert m.perimeter_mm == pytest.approx(label.mm["perimeter"], rel=1e-9)
+        size = roi_size(kind, view.geometry)
+        assert size is not None
+        assert m.area_px == pytest.approx(size[0]) and m.max_diameter_px == pytest.approx(size[1])
+        assert m.border_irregularity == pytest.approx(
+            m.perimeter_px ** 2 / (4 * math.pi * m.area_px))
+    # the overshooting stroke: the ellipse it encloses, not less
+    m = svc.metrics(pid, anns.add(pid, "freehand", stroke).id)
+    assert m.area_px == pytest.approx(math.pi * 80 * 60, rel=0.01)
+    # an outline past the photo's edge: only the part on the photo is measured
+    part = anns.add(pid, "polygon", [(300, 100), (500, 100), (500, 200), (300, 200)])
+    m = svc.metrics(pid, part.id)
+    assert m.area_px == pytest.approx(100 * 100)
+    assert any("edge of the photo" in w for w in m.warnings)
 
 
 def test_metrics_of_a_lesion_colours(ws: Workspace) -> None:

@@ -157,6 +157,22 @@ def test_mask_to_polygon_of_a_square() -> None:
     assert mask_to_polygon(np.zeros((5, 5), bool)).shape == (0, 2)
 
 
+@pytest.mark.parametrize(("a", "b"), [(10, 10), (30, 30), (100, 100), (250, 120)])
+def test_outline_polygon_keeps_the_area_and_length_of_the_border(a: int, b: int) -> None:
+    """The proposal's corners become the annotation whose vector figures are shown:
+    they must not follow the pixel staircase (+5 % perimeter) nor cut the border."""
+    from derm_workstation.core.annotations import ellipse_perimeter, outline_area, path_length
+
+    yy, xx = np.mgrid[0:600, 0:800]
+    m = ((xx + 0.5 - 400) / a) ** 2 + ((yy + 0.5 - 300) / b) ** 2 <= 1
+    for max_points in (120, 20):
+        pts = [(float(x), float(y)) for x, y in mask_to_polygon(m, max_points=max_points)]
+        assert len(pts) <= max_points + 1
+        assert outline_area(pts) == pytest.approx(math.pi * a * b, rel=0.01)
+        assert path_length(pts, closed=True) == pytest.approx(
+            ellipse_perimeter(a, b), rel=0.012 if max_points == 20 else 0.005)
+
+
 def test_twelve_megapixel_photo_gives_a_full_resolution_mask() -> None:
     rgb, truth = _render(seed=47, kind="pigmented", fitzpatrick=2, px_per_mm=12.0)
     big = np.asarray(Image.fromarray(rgb).resize((W * 5, H * 5), Image.Resampling.BILINEAR))

@@ -414,6 +414,11 @@ def test_dermoscopic_photo_shows_tds_as_decision_support(qtbot, harness: Harness
     text = text_of(h.panel.metrics_label)
     assert re.search(r"TDS [\d.]+ — A \d · B \d · C \d · D \d", text), text
     assert "not a diagnosis" in text
+    # the panel and the outline's label on the photo give the same figures
+    (outline,) = [v for v in h.layer.annotations() if v.kind == "polygon"]
+    label = h.layer.doc_measure(outline).text  # "82.8 mm² · perimeter 34.9 mm"
+    area, perimeter = re.fullmatch(r"([\d.]+) mm² · perimeter ([\d.]+) mm", label).groups()
+    assert f"Area{area} mm²" in text and f"Perimeter{perimeter} mm" in text, (label, text)
     h.grab().save("/tmp/analysis_dermoscopic.png")
 
 

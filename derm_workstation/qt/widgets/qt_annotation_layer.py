@@ -623,7 +623,7 @@ class QtAnnotationLayer(QWidget):
         a, b = self._to_widget(pts[0].x(), pts[0].y()), self._to_widget(pts[-1].x(), pts[-1].y())
         dragged = math.hypot(a.x() - b.x(), a.y() - b.y()) >= MIN_DRAG_PX
         if tool == "freehand":
-            if len(pts) >= 3 and an.shoelace_area([(p.x(), p.y()) for p in pts]) > 0:
+            if len(pts) >= 3 and an.outline_area([(p.x(), p.y()) for p in pts]) > 0:
                 self._add("freehand", pts)
             return
         if not dragged:

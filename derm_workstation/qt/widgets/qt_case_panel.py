@@ -72,6 +72,29 @@ def pil_to_qimage(img: object) -> QImage:
     return qimg.copy()
 
 
+def thumbnail_qimage(data: bytes) -> QImage:
+    """A cached thumbnail's bytes (JPEG or PNG) as a QImage, on a worker thread.
+
+    Decoded by Pillow, never by ``QImage.fromData``: that call keeps Python's GIL while
+    Qt probes its image plugins, and the SVG plugin's probe connects a QObject, which
+    takes one of Qt's signal-slot locks. The GUI thread disconnecting a signal of a
+    Python-made QObject holds such a lock while it waits for the GIL: the two threads
+    then wait for each other for ever (seen as a hung test run; reproduced with two
+    threads decoding while the GUI thread connects and disconnects). A QImage built
+    from raw pixels takes no such lock.
+    """
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return pil_to_qimage(im)
+    except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        raise DermError("The thumbnail could not be made.") from exc
+
+
 def photo_source(ph: PhotoView, service: CaseService,
                  thumbs: ThumbnailCache | None) -> PhotoSource:
     """A photo for the viewer: verified bytes from the store; the cached quick preview (if
@@ -644,10 +667,7 @@ class QtCasePanel(QWidget):
         service, thumbs = self._service, self._thumbs
         assert service is not None and thumbs is not None
         data = thumbs.get_or_create(sha, THUMB_SIZE, lambda: service.photo_bytes(sha))
-        img = QImage.fromData(data)
-        if img.isNull():
-            raise DermError("The thumbnail could not be made.")
-        return img
+        return thumbnail_qimage(data)
 
     # -- results (GUI thread) ----------------------------------------------------------------
     def _thumb_ready(self, gen: int, item: QListWidgetItem, img: QImage, photo_id: str) -> None:
