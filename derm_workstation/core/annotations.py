@@ -176,7 +176,7 @@ def outline_area(pts: Sequence[Point]) -> float:
     return _outline_area(tuple((float(x), float(y)) for x, y in pts))
 
 
-@functools.lru_cache(maxsize=512)
+@functools.lru_cache(maxsize=64)
 def _outline_area(pts: tuple[Point, ...]) -> float:
     crossings = _crossings(pts)
     if not crossings:
