@@ -41,7 +41,7 @@ from derm_workstation.imaging.levels import PREVIEW_SIZE
 from derm_workstation.qt.forms.case_panel import Ui_CasePanel
 from derm_workstation.qt.models.qt_queue_model import waiting_text
 from derm_workstation.qt.tasks import QtTaskManager
-from derm_workstation.qt.widgets.qt_photo_layer import PhotoSource
+from derm_workstation.qt.widgets.qt_photo_layer import PhotoSource, to_qimage
 
 if TYPE_CHECKING:
     from derm_workstation.core.services import CaseService
@@ -61,17 +61,6 @@ THUMB_STATE_ROLE = Qt.ItemDataRole.UserRole + 1
 SEX_LABELS = {"female": "Female", "male": "Male", "other": "Other", "unknown": "Sex not stated"}
 
 
-def pil_to_qimage(img: object) -> QImage:
-    """Convert a PIL RGB image to a QImage that owns its memory (safe across threads)."""
-    from PIL import Image
-
-    assert isinstance(img, Image.Image)
-    rgb = img.convert("RGB")
-    data = rgb.tobytes()
-    qimg = QImage(data, rgb.width, rgb.height, rgb.width * 3, QImage.Format.Format_RGB888)
-    return qimg.copy()
-
-
 def thumbnail_qimage(data: bytes) -> QImage:
     """A cached thumbnail's bytes (JPEG or PNG) as a QImage, on a worker thread.
 
@@ -81,17 +70,14 @@ def thumbnail_qimage(data: bytes) -> QImage:
     Python-made QObject holds such a lock while it waits for the GIL: the two threads
     then wait for each other for ever (seen as a hung test run; reproduced with two
     threads decoding while the GUI thread connects and disconnects). A QImage built
-    from raw pixels takes no such lock.
+    from raw pixels takes no such lock: the safe decoder and :func:`to_qimage`, as for
+    the viewer's quick preview.
     """
-    import io
-
-    from PIL import Image, UnidentifiedImageError
+    from derm_workstation.imaging.decode import ImageRejected, decode_image
 
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return pil_to_qimage(im)
-    except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        return to_qimage(decode_image(data))
+    except ImageRejected as exc:
         raise DermError("The thumbnail could not be made.") from exc
 
 
