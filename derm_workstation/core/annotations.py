@@ -38,6 +38,7 @@ from itertools import pairwise
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from sqlalchemy import select
 
 from derm_workstation.core import audit
@@ -132,6 +133,38 @@ def shoelace_area(pts: Sequence[Point]) -> float:
     return abs(s) / 2.0
 
 
+def _edge_pairs(p: npt.NDArray[np.float64], q: npt.NDArray[np.float64]
+                ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """Pairs (i < j) of edges p->q whose bounding boxes share a cell of a grid about
+    two edges long: the only ones that can meet. A freehand stroke has thousands of
+    short edges; testing every pair would take ~n²/2 of memory and time."""
+    n = len(p)
+    if n <= 64:
+        i, j = np.triu_indices(n, k=1)
+        return i, j
+    lo, hi = np.minimum(p, q), np.maximum(p, q)
+    cell = max(2.0 * float(np.mean(np.hypot(*(q - p).T))), 1e-9)
+    c0 = np.floor(lo / cell).astype(np.int64)
+    c1 = np.floor(hi / cell).astype(np.int64)
+    span = c1 - c0 + 1
+    counts = span[:, 0] * span[:, 1]  # cells each edge's box covers
+    edge = np.repeat(np.arange(n), counts)
+    k = np.arange(len(edge)) - np.repeat(np.cumsum(counts) - counts, counts)
+    cx = c0[edge, 0] + k % span[edge, 0]
+    cy = c0[edge, 1] + k // span[edge, 0]
+    order = np.lexsort((edge, cy, cx))
+    cx, cy, edge = cx[order], cy[order], edge[order]
+    starts = np.flatnonzero(np.r_[True, (cx[1:] != cx[:-1]) | (cy[1:] != cy[:-1])])
+    ends = np.r_[starts[1:], len(edge)]
+    pairs = [edge[s0:s1][np.array(np.triu_indices(s1 - s0, k=1))]
+             for s0, s1 in zip(starts, ends, strict=True) if s1 - s0 > 1]
+    if not pairs:
+        empty = np.zeros(0, dtype=np.intp)
+        return empty, empty
+    both = np.unique(np.concatenate(pairs, axis=1), axis=1)
+    return both[0], both[1]
+
+
 def _crossings(pts: Sequence[Point]) -> list[Point]:
     """Where the closed outline ``pts`` crosses itself: the points where two of its
     edges that do not share a corner intersect (touching counts)."""
@@ -141,8 +174,8 @@ def _crossings(pts: Sequence[Point]) -> list[Point]:
     p = np.asarray(pts, dtype=np.float64)
     q = np.roll(p, -1, axis=0)
     d = q - p
-    i, j = np.triu_indices(n, k=2)
-    keep = ~((i == 0) & (j == n - 1))  # the last edge meets the first at a corner
+    i, j = _edge_pairs(p, q)
+    keep = (j - i >= 2) & ~((i == 0) & (j == n - 1))  # neighbours share a corner
     i, j = i[keep], j[keep]
     # solve p_i + t d_i = p_j + u d_j
     den = d[i, 0] * d[j, 1] - d[i, 1] * d[j, 0]
@@ -185,18 +218,22 @@ def _outline_area(pts: tuple[Point, ...]) -> float:
     q = np.roll(p, -1, axis=0)
     ys = np.unique(np.concatenate([p[:, 1], [c[1] for c in crossings]]))
     lo, hi = ys[:-1], ys[1:]
-    mid = (lo + hi) / 2.0
-    y0, y1 = p[:, 1][:, None], q[:, 1][:, None]
-    spans = (np.minimum(y0, y1) < mid) & (mid < np.maximum(y0, y1))  # edges x slabs
+    y0, y1 = p[:, 1], q[:, 1]
+    bottom, top = np.minimum(y0, y1), np.maximum(y0, y1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        x = p[:, 0][:, None] + (mid - y0) * ((q[:, 0] - p[:, 0])[:, None] / (y1 - y0))
-    x = np.where(spans, x, np.inf)
-    x.sort(axis=0)
+        slope = (q[:, 0] - p[:, 0]) / (y1 - y0)
     total = 0.0
-    counts = spans.sum(axis=0)
-    for k in range(len(mid)):
-        xs = x[: counts[k], k]
-        total += float((xs[1::2] - xs[0::2]).sum()) * float(hi[k] - lo[k])
+    for start in range(0, len(lo), 256):  # 256 slabs at a time, with the edges they cut
+        mid = (lo[start:start + 256] + hi[start:start + 256]) / 2.0
+        e = np.flatnonzero((bottom < mid[-1]) & (top > mid[0]))
+        spans = (bottom[e, None] < mid) & (mid < top[e, None])
+        with np.errstate(invalid="ignore"):
+            x = np.where(spans, p[e, 0, None] + (mid - y0[e, None]) * slope[e, None], np.inf)
+        x.sort(axis=0)
+        counts = spans.sum(axis=0)
+        for k in range(len(mid)):
+            xs = x[: counts[k], k]
+            total += float((xs[1::2] - xs[0::2]).sum()) * float(hi[start + k] - lo[start + k])
     return total
 
 

@@ -79,6 +79,18 @@ def test_an_outline_that_crosses_itself_counts_what_it_encloses() -> None:
         assert an.outline_area(scaled) == pytest.approx(raster, rel=0.01), pts
     two_loops = [(x * 10, y * 10) for x, y in [(0, 0), (2, 0), (6, 4), (6, 0), (2, 4)]]
     assert an.outline_area(two_loops) == pytest.approx(1200.0)  # by hand: 800 + 400
+    # an hourglass whose level edges carry 50 corners each: over 64 corners, edges are
+    # paired through a grid; its one crossing, if missed, would give an area of 0
+    level = [40 * k / 49 for k in range(50)]
+    hourglass = [(x, 0.0) for x in level] + [(x, 40.0) for x in level]
+    assert len(hourglass) > 64 and an.outline_area(hourglass) == pytest.approx(800.0)
+    # a scribble of 150 random corners: hundreds of crossings
+    import random
+
+    rng = random.Random(3)
+    scribble = [(rng.uniform(5, 605), rng.uniform(5, 605)) for _ in range(150)]
+    raster = roi_mask("freehand", an.make_geometry(scribble), (620, 620)).sum()
+    assert an.outline_area(scribble) == pytest.approx(raster, rel=0.02)
     # a freehand circle whose stroke overshoots its start by a tenth of a turn
     turn = [2 * math.pi * 1.1 * k / 400 for k in range(401)]
     circle = [(200 + 100 * math.cos(t), 200 + 100 * math.sin(t)) for t in turn]
