@@ -949,8 +949,12 @@ class Puller:
         log.info("pulled Task/%s (%s, %d photos)", f.task.portal_id, outcome, len(stored))
         return case_id
 
-    def _search(self, rtype: str, params: dict[str, str], f: FetchedCase,
-                what: str) -> list[dict[str, Any]]:
+    def _search(self, rtype: str, params: dict[str, str], f: FetchedCase, what: str,
+                batched: list[Raw] | None = None) -> list[Raw]:
+        """``batched`` (the trusted answer of an OR-list search) when there is one, else
+        the search on its own; a failure is one of the case's problems."""
+        if batched is not None:
+            return batched
         try:
             return self.client.search_all(rtype, params)
         except (PortalRequestError, PortalDataError) as exc:
@@ -1096,10 +1100,9 @@ class Puller:
                 except (PortalRequestError, PortalDataError) as exc:
                     f.problems.add(f"the consult request could not be read ({_short(exc)})")
                 based_on = {"based-on": f"ServiceRequest/{t.focus_id}"}
-                found = self._batched(first, "Media", t.focus_id)
                 media = []
-                for res in found if found is not None else self._search(
-                        "Media", based_on, f, "photo list"):
+                for res in self._search("Media", based_on, f, "photo list",
+                                        self._batched(first, "Media", t.focus_id)):
                     m, why = media_from_fhir(res)
                     if m is not None:
                         media.append(m)
@@ -1111,15 +1114,15 @@ class Puller:
                     [m for m in media if m.portal_id not in have_media])
                 second = batch.second.result() if batch is not None else None
                 media_matched = self._matched(first, "Media", t.focus_id)
-                found = self._batched(second, "QuestionnaireResponse", t.focus_id,
-                                      empty_trusted=media_matched)
-                for res in found if found is not None else self._search(
-                        "QuestionnaireResponse", based_on, f, "questionnaire"):
+                for res in self._search(
+                        "QuestionnaireResponse", based_on, f, "questionnaire",
+                        self._batched(second, "QuestionnaireResponse", t.focus_id,
+                                      empty_trusted=media_matched)):
                     f.questionnaires.append(questionnaire_from_fhir(res))
-                found = self._batched(second, "Communication", t.focus_id,
-                                      empty_trusted=media_matched)
-                for res in found if found is not None else self._search(
-                        "Communication", based_on, f, "messages"):
+                for res in self._search(
+                        "Communication", based_on, f, "messages",
+                        self._batched(second, "Communication", t.focus_id,
+                                      empty_trusted=media_matched)):
                     msg = communication_from_fhir(res)
                     if msg is not None:
                         f.messages.append(msg)
