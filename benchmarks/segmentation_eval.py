@@ -59,6 +59,10 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "lesions"
 
 
+#: Named image sets: set name -> [(file name, RGB image, true mask)].
+Sets = dict[str, list[tuple[str, np.ndarray, np.ndarray]]]
+
+
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
     union = int((a | b).sum())
     return 1.0 if union == 0 else int((a & b).sum()) / union
@@ -96,8 +100,8 @@ def _score(rgb: np.ndarray, truth: np.ndarray, click: bool = True
     return jaccard(auto, truth), jaccard(seeded, truth), dt
 
 
-def real_sets(root: Path) -> dict[str, list[tuple[str, np.ndarray, np.ndarray]]]:
-    sets: dict[str, list[tuple[str, np.ndarray, np.ndarray]]] = {}
+def real_sets(root: Path) -> Sets:
+    sets: Sets = {}
     if not root.is_dir():
         return sets
     for manifest in sorted(root.glob("*/manifest.csv")):
@@ -132,19 +136,17 @@ TRANSFORMS = {
 }
 
 
-def transformed_sets(sets: dict[str, list[tuple[str, np.ndarray, np.ndarray]]]
-                     ) -> dict[str, list[tuple[str, np.ndarray, np.ndarray]]]:
-    out: dict[str, list[tuple[str, np.ndarray, np.ndarray]]] = {}
+def transformed_sets(sets: Sets) -> Sets:
+    out: Sets = {}
     for name, items in sets.items():
         for tname, fn in TRANSFORMS.items():
             out[f"{name} ({tname})"] = [(n, *fn(rgb, m)) for n, rgb, m in items]
     return out
 
 
-def split_sets(sets: dict[str, list[tuple[str, np.ndarray, np.ndarray]]]
-               ) -> dict[str, list[tuple[str, np.ndarray, np.ndarray]]]:
+def split_sets(sets: Sets) -> Sets:
     """Each set of 10 or more images, halved by sorted file name: even and odd indices."""
-    out: dict[str, list[tuple[str, np.ndarray, np.ndarray]]] = {}
+    out: Sets = {}
     for name, items in sets.items():
         if len(items) >= 10:
             ordered = sorted(items, key=lambda item: item[0])
@@ -153,10 +155,9 @@ def split_sets(sets: dict[str, list[tuple[str, np.ndarray, np.ndarray]]]
     return out
 
 
-def dev_sets(sets: dict[str, list[tuple[str, np.ndarray, np.ndarray]]]
-             ) -> dict[str, list[tuple[str, np.ndarray, np.ndarray]]]:
+def dev_sets(sets: Sets) -> Sets:
     """What a change may be decided on: small sets whole, the even half of larger ones."""
-    out: dict[str, list[tuple[str, np.ndarray, np.ndarray]]] = {}
+    out: Sets = {}
     for name, items in sets.items():
         if len(items) >= 10:
             out[f"{name} (even: dev)"] = sorted(items, key=lambda item: item[0])[0::2]
@@ -165,14 +166,14 @@ def dev_sets(sets: dict[str, list[tuple[str, np.ndarray, np.ndarray]]]
     return out
 
 
-def synthetic_sets(per_cell: int) -> dict[str, list[tuple[str, np.ndarray, np.ndarray]]]:
+def synthetic_sets(per_cell: int) -> Sets:
     cells = (
         ("synthetic clinical mole + sticker", dict(kind="pigmented", px_per_mm=10.0,
                                                    with_reference=True)),
         ("synthetic dermoscopic", dict(kind="pigmented", px_per_mm=20.0, dermoscopic=True)),
         ("synthetic psoriasis plaque", dict(kind="psoriasis", px_per_mm=5.5)),
     )
-    out: dict[str, list[tuple[str, np.ndarray, np.ndarray]]] = {}
+    out: Sets = {}
     for name, kw in cells:
         items = []
         for fz in range(1, 7):

@@ -274,7 +274,7 @@ def test_sigkill_during_a_batched_pull_then_resume(
         empty_portal: ReferencePortal, tmp_path: Any, make_client: ClientFactory) -> None:
     """The CLI (real BATCH_MIN) killed while it pulls one page of Tasks with OR-lists:
     nothing lost, nothing doubled."""
-    from tests.sync.test_sync_crash import sync_killed_after
+    from tests.sync.test_sync_crash import resumed, sync_killed_after
 
     for n in range(30):
         add_portal_case(empty_portal.store, n=n, photos=1)
@@ -284,17 +284,10 @@ def test_sigkill_during_a_batched_pull_then_resume(
     outcomes = [sync_killed_after(empty_portal, data_dir, k) for k in (4, 9, 15, 22)]
     assert outcomes.count("killed") >= 3, outcomes
     assert any(batched(r.target) for r in empty_portal.request_log)
-    empty_portal.faults = None
-    ws = Workspace.open(data_dir)
-    try:
-        summary = run_sync(ws, make_client(empty_portal.base_url))
-        assert summary.completed, summary.errors
-        assert_matches_portal(ws, empty_portal)
+    with resumed(empty_portal, data_dir, make_client) as ws:
         with ws.db.session() as s:
             shas = list(s.scalars(select(Photo.sha256)))
         assert len(shas) == 30 and all(ws.images.verify(sha) for sha in shas)
-    finally:
-        ws.close()
 
 
 # ---------------------------------------------------------------- the photo store's part

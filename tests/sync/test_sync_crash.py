@@ -14,6 +14,8 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -57,6 +59,22 @@ def sync_killed_after(portal: ReferencePortal, data_dir: Path, requests: int) ->
     return f"exited {proc.returncode}"
 
 
+@contextmanager
+def resumed(portal: ReferencePortal, data_dir: Path,
+            make_client: ClientFactory) -> Iterator[Workspace]:
+    """After the kills: faults off, one sync that completes and ends with exactly the
+    portal's data; the workspace, for the caller's further checks."""
+    portal.faults = None
+    ws = Workspace.open(data_dir)
+    try:
+        summary = run_sync(ws, make_client(portal.base_url))
+        assert summary.completed, summary.errors
+        assert_matches_portal(ws, portal)
+        yield ws
+    finally:
+        ws.close()
+
+
 def test_sigkill_at_random_points_then_resume(portal: ReferencePortal, tmp_path: Path,
                                               make_client: ClientFactory) -> None:
     rng = random.Random(20261129)
@@ -93,12 +111,7 @@ def test_sigkill_at_random_points_then_resume(portal: ReferencePortal, tmp_path:
     outcomes += [sync_killed_after(portal, data_dir, k) for k in (3, 4, 6)]
     assert outcomes.count("killed") >= 8, outcomes  # the kills really happened mid-sync
 
-    portal.faults = None
-    ws = Workspace.open(data_dir)
-    try:
-        summary = run_sync(ws, make_client(portal.base_url))
-        assert summary.completed, summary.errors
-        assert_matches_portal(ws, portal)
+    with resumed(portal, data_dir, make_client) as ws:
         assert_no_duplicates(ws)
         for m in messages:
             found = portal.store.search("Communication",
@@ -113,8 +126,6 @@ def test_sigkill_at_random_points_then_resume(portal: ReferencePortal, tmp_path:
         task = portal.store.get("Task", claimed.portal_task_id)
         assert task["owner"]["display"] == "dr.ade"
         assert len(portal.store.history("Task", claimed.portal_task_id)) == 2
-    finally:
-        ws.close()
     con = sqlite3.connect(data_dir / "derm.sqlite3")
     try:
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
